@@ -1,0 +1,24 @@
+# Quick start: `make run` trains and evaluates the default config, `make test` runs the tests.
+# Both create .venv and install what is missing on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/default
+
+.PHONY: run test clean
+
+$(VENV)/.installed: requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+run: $(VENV)/.installed
+	$(PY) -m camp_jax.main --config=configs/default.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(WORKDIR)

@@ -1,0 +1,76 @@
+"""Inference bundles: a folder with params, the model config and optionally the vocabulary.
+
+    BUNDLE/model.json   {"format_version": 1, "model": {...build() kwargs...}, ...}
+    BUNDLE/params.npz   flat arrays keyed by "/"-joined parameter paths
+    BUNDLE/vocab.json   SCAN-style vocabulary (optional)
+
+Readable with numpy and json alone. Written to a temporary folder and renamed into place,
+so an interrupted write never leaves a half bundle at the destination.
+"""
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+import flax.traverse_util
+import numpy as np
+
+FORMAT_VERSION = 1
+
+
+def flatten_params(params) -> dict[str, np.ndarray]:
+  return {"/".join(k): np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params).items()}
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
+  return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def save(out: str | os.PathLike, params, model_config: dict, vocab=None,
+         extra: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
+  """Writes a bundle folder at `out` atomically and returns its path."""
+  out = pathlib.Path(out)
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+  try:
+    meta = {"format_version": FORMAT_VERSION, "model": dict(model_config), **(extra or {})}
+    (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    np.savez(tmp / "params.npz", **flatten_params(params))
+    if vocab is not None:
+      vocab.save_json(tmp / "vocab.json")
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def load(path: str | os.PathLike) -> tuple[dict, dict, Any, dict]:
+  """Reads a bundle: (model_config, params, vocab or None, metadata)."""
+  path = pathlib.Path(path)
+  meta_file = path / "model.json"
+  if not meta_file.is_file():
+    raise FileNotFoundError(f"{path} is not a camp_jax bundle: {meta_file} is missing")
+  try:
+    meta = json.loads(meta_file.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{meta_file}: not valid JSON ({e})") from e
+  version = meta.get("format_version")
+  if not isinstance(version, int) or version > FORMAT_VERSION:
+    raise ValueError(f"{meta_file}: format_version {version!r} is not supported by this "
+                     f"camp_jax (reads versions up to {FORMAT_VERSION}); upgrade camp_jax")
+  if "model" not in meta:
+    raise ValueError(f"{meta_file}: missing the 'model' field (the model config)")
+  with np.load(path / "params.npz") as arrays:
+    params = unflatten_params({k: arrays[k] for k in arrays.files})
+  vocab = None
+  if (path / "vocab.json").is_file():
+    from camp_jax.data.vocab import load_vocab  # pylint: disable=g-import-not-at-top
+    vocab = load_vocab(path / "vocab.json")
+  return meta["model"], params, vocab, meta

@@ -1,0 +1,136 @@
+"""Reader for the SCAN "precomp" release: `{split}_ims.npy` + `{split}_caps.txt`.
+
+`{split}_ims.npy` holds float32 (N, R, D) region features (Flickr30K/COCO:
+R=36, D=2048); `{split}_caps.txt` one UTF-8 caption per line, the captions of
+image i at lines k*i .. k*i+k-1 (k = 5). Some copies store one feature row per
+caption (each image repeated k times); that layout is detected (rows ==
+captions) and read through a strided view, so every image appears once.
+Features stay memory-mapped: COCO train is ~33 GB.
+"""
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+
+SPLITS = ("train", "dev", "test", "testall")
+_FINITE_CHUNK_BYTES = 256 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class PrecompSplit:
+  """One split. `images` is a read-only memmap (view) float32 (num_images, R, D)."""
+  name: str
+  path: str  # The folder that holds the files.
+  images: np.ndarray
+  captions: list[str]
+  captions_per_image: int = 5
+  per_caption_layout: bool = False  # True if the file repeats each image per caption.
+
+  @property
+  def num_images(self) -> int:
+    return self.images.shape[0]
+
+  @property
+  def num_captions(self) -> int:
+    return len(self.captions)
+
+  @property
+  def num_regions(self) -> int:
+    return self.images.shape[1]
+
+  @property
+  def feature_dim(self) -> int:
+    return self.images.shape[2]
+
+  def caption_image(self, caption_index: int) -> int:
+    return caption_index // self.captions_per_image
+
+  def slice_images(self, start: int, stop: int) -> "PrecompSplit":
+    """Images [start, stop) and their captions, e.g. COCO 1K folds or the first 1K of dev."""
+    if not 0 <= start < stop <= self.num_images:
+      raise IndexError(f"{self.path}/{self.name}: image slice [{start}, {stop}) outside "
+                       f"[0, {self.num_images})")
+    k = self.captions_per_image
+    return dataclasses.replace(self, name=f"{self.name}[{start}:{stop}]",
+                               images=self.images[start:stop],
+                               captions=self.captions[start * k:stop * k])
+
+
+def read_captions(path: str | os.PathLike) -> list[str]:
+  """UTF-8 lines, stripped; an empty or undecodable line raises with its 1-based number."""
+  data = pathlib.Path(path).read_bytes()
+  lines = data.split(b"\n")
+  if lines and lines[-1] == b"":
+    lines.pop()  # The newline that ends the last line.
+  captions = []
+  for number, line in enumerate(lines, start=1):
+    try:
+      caption = line.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+      raise ValueError(f"{path}:{number}: caption is not valid UTF-8 ({e.reason} at byte "
+                       f"{e.start}: {line[max(0, e.start - 10):e.start + 10]!r})") from e
+    if not caption:
+      raise ValueError(f"{path}:{number}: empty caption (every line must hold one caption)")
+    captions.append(caption)
+  return captions
+
+
+def assert_finite(images: np.ndarray, path: str, row_stride: int = 1) -> None:
+  """Raises on the first NaN/Inf, reading `images` (N, R, D) in bounded chunks."""
+  row_bytes = max(1, images[0].nbytes if len(images) else 1)
+  chunk = max(1, _FINITE_CHUNK_BYTES // row_bytes)
+  for start in range(0, len(images), chunk):
+    block = np.asarray(images[start:start + chunk])
+    if not np.isfinite(block).all():
+      i, r, d = np.argwhere(~np.isfinite(block))[0]
+      raise ValueError(f"{path}: non-finite feature {block[i, r, d]} at image {start + i} "
+                       f"(file row {(start + i) * row_stride}), region {r}, dim {d}")
+
+
+def read_split(data_dir: str | os.PathLike, split: str, *, captions_per_image: int = 5,
+               check_finite: bool = True) -> PrecompSplit:
+  """Reads and validates one split of a precomp folder.
+
+  Args:
+    data_dir: folder with `{split}_ims.npy` and `{split}_caps.txt`.
+    split: e.g. "train", "dev", "test", "testall".
+    captions_per_image: k; captions of image i are lines k*i .. k*i+k-1.
+    check_finite: scan the features for NaN/Inf (chunked; reads the
+      whole file once, so turn off for repeated runs on COCO-sized data).
+  """
+  data_dir = os.fspath(data_dir)
+  ims_path = os.path.join(data_dir, f"{split}_ims.npy")
+  caps_path = os.path.join(data_dir, f"{split}_caps.txt")
+  for p in (ims_path, caps_path):
+    if not os.path.isfile(p):
+      raise FileNotFoundError(f"{p}: missing file for split {split!r} of the precomp folder "
+                              f"{data_dir} (expected {split}_ims.npy and {split}_caps.txt)")
+  try:
+    rows = np.load(ims_path, mmap_mode="r", allow_pickle=False)
+  except ValueError as e:
+    raise ValueError(f"{ims_path}: not a plain .npy array ({e})") from e
+  if rows.dtype != np.float32:
+    raise ValueError(f"{ims_path}: expected dtype float32, got {rows.dtype}")
+  if rows.ndim != 3:
+    raise ValueError(f"{ims_path}: expected rank 3 (images, regions, dim), got shape "
+                     f"{rows.shape}")
+  if rows.shape[0] == 0:
+    raise ValueError(f"{ims_path}: no images")
+  captions = read_captions(caps_path)
+  k, n, c = captions_per_image, rows.shape[0], len(captions)
+  if n * k == c:
+    images, per_caption = rows, False
+  elif n == c and c % k == 0 and k > 1:
+    images, per_caption = rows[::k], True
+    # Cheap sanity check on the first image's group that rows really repeat.
+    if not np.array_equal(rows[0], rows[k - 1]):
+      raise ValueError(f"{ims_path}: {n} rows for {c} captions looks like one row per caption, "
+                       f"but rows 0 and {k - 1} differ; expected each image repeated {k} times")
+  else:
+    raise ValueError(f"{caps_path}: {c} captions for {n} feature rows in {ims_path}; expected "
+                     f"{k} captions per image ({n * k} lines) or one row per caption")
+  if check_finite:
+    assert_finite(images, ims_path, row_stride=k if per_caption else 1)
+  return PrecompSplit(name=split, path=data_dir, images=images, captions=captions,
+                      captions_per_image=k, per_caption_layout=per_caption)

@@ -1,0 +1,201 @@
+"""CAMP: cross-modal message aggregation, gated fusion, attention pooling and the score head.
+
+The full model (`variant="gate_fusion"`, the release's `gate_fusion_new`) and the stage-1
+model (`variant="cross_attention"`, `cross_attention_new`: mean pooling + cosine) are one
+module with an option. Parameter names follow the release (`img_query_fc`, `fc_1`,
+`final_reduce_1`, `fc_out`, ...), so freezing patterns and the converter read naturally.
+
+Everything here is the straightforward transcription: `score_matrix` expands every
+image x caption pair, as the original does. `camp_jax.scoring` has the fast exact path.
+"""
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from camp_jax.models.encoders import CaptionEncoder, ImageEncoder
+from camp_jax.models.layers import (attend, attention_weights, l2_normalize,
+                                    symmetric_uniform, torch_default_init)
+
+VARIANTS = ("gate_fusion", "cross_attention")
+PROJECTIONS = ("img_query_fc", "img_key_fc", "txt_query_fc", "txt_key_fc",
+               "weighted_img_query_fc", "weighted_img_key_fc",
+               "weighted_txt_query_fc", "weighted_txt_key_fc")
+# The release initialises these with Xavier bounds sqrt(6 / (d + d)); the rest keep
+# PyTorch's default.
+_XAVIER_D_D = ("img_key_fc", "txt_key_fc")
+
+
+class AttentionPool(nn.Module):
+  """Multi-head attention pooling (`final_reduce_*`): MLP scores, softmax per head, heads averaged.
+
+  (..., L, d), mask (..., L) -> L2-normalised (..., d).
+  """
+  heads: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None,
+               return_weights: bool = False):
+    d = x.shape[-1]
+    init = torch_default_init(d)
+    hidden = nn.relu(nn.Dense(d, dtype=self.dtype, kernel_init=init, bias_init=init,
+                              name="hidden")(x))
+    logits = nn.Dense(self.heads, dtype=self.dtype, kernel_init=init, bias_init=init,
+                      name="heads")(hidden)                                   # (..., L, H)
+    if mask is not None:
+      logits = jnp.where(mask[..., None], logits, -1e9)
+    weights = jax.nn.softmax(logits, axis=-2)
+    pooled = l2_normalize(jnp.mean(jnp.swapaxes(weights, -1, -2) @ x, axis=-2))
+    return (pooled, weights) if return_weights else pooled
+
+
+class ScoreHead(nn.Module):
+  """`fc_out`: sigmoid(MLP(concat(v, t))), (..., d), (..., d) -> (...)."""
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, v: jax.Array, t: jax.Array, deterministic: bool = True) -> jax.Array:
+    d = v.shape[-1]
+    init = symmetric_uniform(math.sqrt(6.0 / (d + d)))
+    dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=init,
+                              bias_init=nn.initializers.zeros)
+    hidden = nn.relu(dense(d, name="hidden")(jnp.concatenate([v, t], axis=-1)))
+    hidden = nn.Dropout(self.dropout_rate)(hidden, deterministic=deterministic)
+    return jax.nn.sigmoid(dense(1, name="out")(hidden))[..., 0]
+
+
+def gated_fusion(fc: nn.Module, features: jax.Array, messages: jax.Array) -> jax.Array:
+  """relu(fc(concat(x, m) * g)) + x with the scalar gate g = sigmoid(<x, m>) per row."""
+  gate = jax.nn.sigmoid(jnp.sum(features * messages, axis=-1, keepdims=True))
+  return nn.relu(fc(jnp.concatenate([features, messages], axis=-1) * gate)) + features
+
+
+class CrossModalFusion(nn.Module):
+  """Scores image-caption pairs from region and word embeddings (the release's `sim`).
+
+  Inputs broadcast over leading pair axes: regions (..., R, d), words (..., L, d),
+  word_mask (..., L) bool.
+  """
+  embed_dim: int
+  variant: str = "gate_fusion"
+  pool_heads: int = 4
+  # Stage-1 only: average the word side over every slot, padding included (the original
+  # pads to 50 slots and averages them all); otherwise over the real words.
+  mean_over_padding: bool = False
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.variant not in VARIANTS:
+      raise ValueError(f"CrossModalFusion.variant is {self.variant!r}, expected one of {VARIANTS}")
+    d = self.embed_dim
+    xavier = symmetric_uniform(math.sqrt(6.0 / (d + d)))
+    for name in PROJECTIONS:
+      init = xavier if name in _XAVIER_D_D else torch_default_init(d)
+      setattr(self, name, nn.Dense(d, use_bias=False, dtype=self.dtype, kernel_init=init))
+    if self.variant == "gate_fusion":
+      self.fc_1 = nn.Dense(d, use_bias=False, dtype=self.dtype, kernel_init=xavier)
+      self.fc_2 = nn.Dense(d, use_bias=False, dtype=self.dtype, kernel_init=xavier)
+      self.final_reduce_1 = AttentionPool(self.pool_heads, dtype=self.dtype)
+      self.final_reduce_2 = AttentionPool(self.pool_heads, dtype=self.dtype)
+      self.fc_out = ScoreHead(self.dropout_rate, dtype=self.dtype)
+
+  def messages(self, regions, words, word_mask):
+    """Message aggregation and the second attention: (Fv (..., R, d), Ft (..., L, d), maps)."""
+    word_to_region = attention_weights(self.img_query_fc(regions), self.txt_key_fc(words),
+                                       word_mask)                            # (..., R, L)
+    region_to_word = attention_weights(self.txt_query_fc(words), self.img_key_fc(regions))
+    words_at_regions = word_to_region @ words                                # Tv (..., R, d)
+    regions_at_words = region_to_word @ regions                              # Vt (..., L, d)
+    fv = attend(self.weighted_txt_query_fc(words_at_regions),
+                self.weighted_txt_key_fc(words_at_regions), words_at_regions)
+    ft = attend(self.weighted_img_query_fc(regions_at_words),
+                self.weighted_img_key_fc(regions_at_words), regions_at_words, word_mask)
+    maps = {"region_attends_words": word_to_region, "word_attends_regions": region_to_word}
+    return fv, ft, maps
+
+  def __call__(self, regions, words, word_mask, deterministic: bool = True):
+    """Score of each pair: (...)."""
+    return self.explain(regions, words, word_mask, deterministic)["score"]
+
+  def explain(self, regions, words, word_mask, deterministic: bool = True) -> dict:
+    """The score with what produced it: attention maps, gates and pooling weights."""
+    fv, ft, out = self.messages(regions, words, word_mask)
+    if self.variant == "cross_attention":
+      v = l2_normalize(jnp.mean(fv, axis=-2))
+      if self.mean_over_padding:
+        t = jnp.mean(ft, axis=-2)
+      else:
+        m = word_mask[..., None].astype(ft.dtype)
+        t = jnp.sum(ft * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0)
+      out["score"] = jnp.sum(v * l2_normalize(t), axis=-1)
+      return out
+    fv, ft = l2_normalize(fv), l2_normalize(ft)
+    out["region_gate"] = jax.nn.sigmoid(jnp.sum(regions * fv, axis=-1))
+    out["word_gate"] = jax.nn.sigmoid(jnp.sum(words * ft, axis=-1))
+    v, out["region_pooling"] = self.final_reduce_1(gated_fusion(self.fc_1, regions, fv),
+                                                   return_weights=True)
+    t, out["word_pooling"] = self.final_reduce_2(gated_fusion(self.fc_2, words, ft), word_mask,
+                                                 return_weights=True)
+    out["score"] = self.fc_out(v, t, deterministic)
+    return out
+
+
+class CAMP(nn.Module):
+  """Image encoder + caption encoder + cross-modal fusion.
+
+  Methods (use with `model.apply(variables, ..., method=...)`):
+    encode_images: (N, R, img_dim) -> (N, R, d)
+    encode_captions: tokens (N, T), lengths (N,) -> (N, T', d), mask (N, T') with
+      T' = max(T, pad_words_to)
+    score_matrix: (Ni, R, d), (Nc, L, d), (Nc, L) -> (Ni, Nc)
+    __call__: images, tokens, lengths -> the (N, N) score matrix of a batch.
+  """
+  vocab_size: int
+  word_dim: int = 300
+  embed_dim: int = 1024
+  img_dim: int = 2048
+  variant: str = "gate_fusion"
+  # The original pads every caption to 50 word slots; only the stage-1 variant's scores
+  # depend on it (see CrossModalFusion.mean_over_padding). None: no padding.
+  pad_words_to: int | None = None
+  pool_heads: int = 4
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.img_enc = ImageEncoder(self.embed_dim, dtype=self.dtype)
+    self.txt_enc = CaptionEncoder(self.vocab_size, self.word_dim, self.embed_dim)
+    self.fusion = CrossModalFusion(
+        self.embed_dim, self.variant, self.pool_heads,
+        mean_over_padding=self.variant == "cross_attention" and self.pad_words_to is not None,
+        dropout_rate=self.dropout_rate, dtype=self.dtype)
+
+  def encode_images(self, images):
+    return self.img_enc(images)
+
+  def encode_captions(self, tokens, lengths):
+    if self.pad_words_to is not None and tokens.shape[1] < self.pad_words_to:
+      tokens = jnp.pad(tokens, ((0, 0), (0, self.pad_words_to - tokens.shape[1])))
+    return self.txt_enc(tokens, lengths)
+
+  def score_matrix(self, img_emb, cap_emb, cap_mask, deterministic: bool = True):
+    """Every image against every caption, each pair expanded: (Ni, Nc)."""
+    n_img, n_cap = img_emb.shape[0], cap_emb.shape[0]
+    regions = jnp.broadcast_to(img_emb[:, None], (n_img, n_cap) + img_emb.shape[1:])
+    words = jnp.broadcast_to(cap_emb[None], (n_img,) + cap_emb.shape)
+    mask = jnp.broadcast_to(cap_mask[None], (n_img,) + cap_mask.shape)
+    return self.fusion(regions, words, mask, deterministic)
+
+  def explain_pair(self, img_emb, cap_emb, cap_mask):
+    """Attention maps, gates and score of one pair: (R, d), (L, d), (L,) -> dict."""
+    return self.fusion.explain(img_emb, cap_emb, cap_mask)
+
+  def __call__(self, images, tokens, lengths, deterministic: bool = True):
+    cap_emb, cap_mask = self.encode_captions(tokens, lengths)
+    return self.score_matrix(self.encode_images(images), cap_emb, cap_mask, deterministic)
