@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from camp_jax.models.encoders import CaptionEncoder, ImageEncoder
+from camp_jax.models.vse import pooled_caption, pooled_image
 from camp_jax.models.layers import (attend, attention_weights, l2_normalize,
                                     symmetric_uniform, torch_default_init)
 
@@ -191,6 +192,14 @@ class CAMP(nn.Module):
     words = jnp.broadcast_to(cap_emb[None], (n_img,) + cap_emb.shape)
     mask = jnp.broadcast_to(cap_mask[None], (n_img,) + cap_mask.shape)
     return self.fusion(regions, words, mask, deterministic)
+
+  def shortlist_embeddings(self, img_emb, cap_emb, cap_mask):
+    """Independent joint embeddings for shortlisting: (Ni, d), (Nc, d), L2-normalised.
+
+    The mean-pooled encoder outputs; training can align them with a VSE++ loss term
+    (`shortlist_loss_weight`) so that one matrix product ranks a gallery before CAMP rescores.
+    """
+    return pooled_image(img_emb), pooled_caption(cap_emb, cap_mask)
 
   def explain_pair(self, img_emb, cap_emb, cap_mask):
     """Attention maps, gates and score of one pair: (R, d), (L, d), (L,) -> dict."""
