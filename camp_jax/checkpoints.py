@@ -1,0 +1,100 @@
+"""Orbax checkpoints of a training run: the latest few, and the best on dev.
+
+    <workdir>/checkpoints/<step>/{state, extra}   latest `keep` steps, saved asynchronously
+    <workdir>/best/<step>/{state, extra}          the best by dev rsum (one)
+
+`state` is the train state (params, optimizer state, step, rng); `extra` is JSON: the
+input pipeline position, the model config and the metrics at save time. Orbax writes each
+step to a temporary folder and renames it when complete, so a run killed mid-save (SIGKILL
+included) leaves its previous checkpoints intact. All of orbax lives in this file.
+"""
+import os
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint that cannot be restored; the message names its path."""
+
+
+def manager(directory: str | os.PathLike, keep: int, async_save: bool = True):
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(mngr, step: int, state, extra: dict, force: bool = False) -> bool:
+  return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 extra=ocp.args.JsonSave(extra)), force=force)
+
+
+def _abstract(target):
+  """ShapeDtypeStructs that keep each array's sharding, so restored arrays land in place."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+                      if isinstance(x, jax.Array) else x, target)
+
+
+def restore(mngr, target, step: int | None = None,
+            fall_back: bool = False) -> tuple[Any, dict, int] | None:
+  """Restores (state, extra, step) of `step` (default: the latest), or None when empty.
+
+  A checkpoint that fails to restore raises CheckpointError naming its path; with
+  `fall_back`, the next older one is tried instead (and the failure logged).
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None:
+    steps = [s for s in steps if s <= step]
+  for s in steps:
+    path = pathlib.Path(mngr.directory) / str(s)
+    try:
+      restored = mngr.restore(s, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(target)), extra=ocp.args.JsonRestore()))
+      return restored["state"], dict(restored["extra"]), s
+    except Exception as e:  # orbax raises many types for damaged files.
+      if not fall_back:
+        raise CheckpointError(f"checkpoint {path} failed to restore: {e!r}; rerun with "
+                              "--config.checkpoint_fallback=True to use the previous one") from e
+      logging.error("checkpoint %s failed to restore (%r); falling back to an older one", path, e)
+  if steps:
+    raise CheckpointError(f"no checkpoint under {mngr.directory} could be restored")
+  return None
+
+
+def load_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, dict, int]:
+  """Params, extra JSON and step of a saved train state, without knowing its structure."""
+  directory = pathlib.Path(directory).absolute()
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in mngr.all_steps():
+    raise CheckpointError(f"no checkpoint {'at step ' + str(step) if step else ''} under "
+                          f"{directory} (steps: {sorted(mngr.all_steps())})")
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                          extra=ocp.args.JsonRestore()))
+  except Exception as e:
+    raise CheckpointError(f"checkpoint {directory / str(step)} failed to restore: {e!r}") from e
+  state = restored["state"]
+  params = state["params"] if isinstance(state, dict) else state.params
+  return params, dict(restored["extra"]), step
+
+
+def load_trained(workdir: str | os.PathLike, which: str | int = "best"):
+  """(model_config, params, vocab_path or None) of a run: "best", "latest" or a step number."""
+  workdir = pathlib.Path(workdir)
+  if which == "best":
+    directory, step = workdir / "best", None
+    if not directory.is_dir():
+      logging.warning("%s has no best checkpoint; using the latest", workdir)
+      directory = workdir / "checkpoints"
+  elif which == "latest":
+    directory, step = workdir / "checkpoints", None
+  else:
+    directory, step = workdir / "checkpoints", int(which)
+  if not directory.is_dir():
+    raise CheckpointError(f"{workdir} has no checkpoints ({directory} is missing)")
+  params, extra, _ = load_params(directory, step)
+  return extra["model_config"], params, extra.get("vocab_path")
