@@ -21,7 +21,7 @@ setuptools.setup(
     extras_require={
         # The input pipeline and TensorBoard writers; accelerator images often lack them.
         "data": ["tensorflow-cpu>=2.18,<2.22", "tensorboard>=2.18,<2.22",
-                 "tensorflow-datasets>=4.9.7,<5"],
+                 "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
         "viz": ["matplotlib>=3.8"],
         # Only to read the authors' .pth.tar checkpoints.
         "torch": ["torch>=2.1"],

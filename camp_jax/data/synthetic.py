@@ -53,6 +53,7 @@ def _feature_map(feature_dim: int):
   w1 = rng.normal(0, 1.5 / np.sqrt(6), (_CODE_DIM, hidden))  # ~6 active inputs per code.
   b1 = rng.normal(0, 0.5, (hidden,))
   w2 = rng.normal(0, 1 / np.sqrt(hidden * 0.5), (hidden, feature_dim))
+  w1, b1, w2 = (w.astype(np.float32) for w in (w1, b1, w2))
   return lambda codes: np.tanh(codes @ w1 + b1) @ w2
 
 
@@ -114,14 +115,19 @@ def _region_codes(scene: dict, num_regions: int, rng) -> np.ndarray:
   return codes[rng.permutation(num_regions)]
 
 
+def _pick(rng, words: tuple[str, ...]) -> str:
+  return words[int(rng.integers(len(words)))] if len(words) > 1 else words[0]
+
+
 def _describe(scene: dict, i: int, rng) -> str:
-  words = []
-  if rng.random() < 0.4:
-    words.append(rng.choice(SIZES[scene["sizes"][i]]))
+  # At most one optional adjective, so every caption fits the 32-id length bucket.
+  extra, words = rng.random(), []
+  if extra < 0.3:
+    words.append(_pick(rng, SIZES[scene["sizes"][i]]))
   words.append(COLOURS[scene["colours"][i]])
-  if rng.random() < 0.3:
-    words.append(rng.choice(MATERIALS[scene["materials"][i]]))
-  words.append(rng.choice(OBJECTS[scene["objects"][i]]))
+  if 0.3 <= extra < 0.55:
+    words.append(_pick(rng, MATERIALS[scene["materials"][i]]))
+  words.append(_pick(rng, OBJECTS[scene["objects"][i]]))
   return " ".join(words)
 
 
@@ -165,9 +171,9 @@ def _make_split(num_images: int, num_regions: int, rng, family_size: int, featur
     scenes.extend(family[:num_images - len(scenes)])
   codes = np.stack([_region_codes(s, num_regions, rng) for s in scenes])
   feats = feature_map(codes.reshape(-1, _CODE_DIM)).reshape(num_images, num_regions, -1)
-  feats += rng.normal(0, noise, feats.shape)
+  feats += noise * rng.standard_normal(feats.shape, dtype=np.float32)
   captions = [_caption(s, rng) for s in scenes for _ in range(5)]
-  return feats.astype(np.float32), captions
+  return feats, captions
 
 
 def generate(out_dir: str | os.PathLike, *, num_train: int = DEFAULTS["num_train"],

@@ -24,8 +24,10 @@ _ABBREVIATIONS = frozenset(
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 # Words the Treebank tokenizer splits although they are plain letters.
 _SPLIT_WORDS = frozenset("cannot gimme gonna gotta lemme wanna whaddya whatcha".split())
-_FAST_PIECE = re.compile(r"([a-z0-9]+(?:-[a-z0-9]+)*)?(,)?")
-_FAST_LAST = re.compile(r"([a-z0-9]+(?:-[a-z0-9]+)*)?([,.])?")
+# Words, numbers and hyphenations with commas before white space and a final
+# period: the Treebank rules only split off those commas and that period.
+_FAST_WORD = r"(?:[a-z0-9]+(?:-[a-z0-9]+)*,?|,)"
+_FAST = re.compile(rf"\s*{_FAST_WORD}(?:\s+{_FAST_WORD})*(?:\s*\.)?\s*")
 
 
 @functools.cache
@@ -47,15 +49,14 @@ def _split_sentences(text: str) -> list[str]:
 
 
 def _fast_tokenize(text: str) -> list[str] | None:
-  """Tokens of words/numbers/hyphenations with `,` and a final `.`; else None."""
-  pieces = text.split()
-  tokens = []
-  for i, piece in enumerate(pieces):
-    m = (_FAST_LAST if i == len(pieces) - 1 else _FAST_PIECE).fullmatch(piece)
-    if m is None or m.group(1) in _SPLIT_WORDS:
-      return None
-    tokens.extend(t for t in m.groups() if t)
-  return tokens
+  """Tokens of a caption that `_FAST` matches, else None."""
+  if not _FAST.fullmatch(text):
+    return None
+  text = text.rstrip()
+  if text.endswith("."):
+    text = text[:-1] + " ."
+  tokens = text.replace(",", " , ").split()
+  return None if _SPLIT_WORDS.intersection(tokens) else tokens
 
 
 def tokenize(caption: str) -> list[str]:
