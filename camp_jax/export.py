@@ -1,0 +1,246 @@
+r"""Exports a training run (or a bundle) as an inference bundle, optionally with StableHLO.
+
+  python -m camp_jax.export --workdir=RUN --out=BUNDLE [--checkpoint best|latest|STEP] [--stablehlo]
+  python -m camp_jax.export --bundle=IN [--out=BUNDLE] --stablehlo
+
+The bundle is the converter's format (`camp_jax.bundle`), loadable by `camp_jax.inference.load`.
+`--stablehlo` adds serialized `jax.export` artifacts with symbolic sizes:
+
+  BUNDLE/stablehlo/encode_images.bin         (params, images f32[N, R, img_dim]) -> f32[N, R, d]
+  BUNDLE/stablehlo/encode_captions.bin       (params, tokens i32[M, T], lengths i32[M])
+                                                -> f32[M, T', d], bool[M, T']
+  BUNDLE/stablehlo/score_matrix.bin          (params, f32[N, R, d], f32[M, L, d], bool[M, L])
+                                                -> f32[N, M]
+  BUNDLE/stablehlo/shortlist_embeddings.bin  (params, f32[N, R, d], f32[M, L, d], bool[M, L])
+                                                -> f32[N, d], f32[M, d]
+  BUNDLE/stablehlo/signatures.json, README.md
+
+`params` is the flat dict of `BUNDLE/params.npz` (`dict(np.load(...))`), passed as the first
+argument, so the artifacts stay small and run with jax and numpy alone:
+
+  exp = jax.export.deserialize(open("BUNDLE/stablehlo/score_matrix.bin", "rb").read())
+  scores = exp.call(dict(np.load("BUNDLE/params.npz")), img_emb, cap_emb, cap_mask)
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from camp_jax import bundle, models
+
+ARTIFACT_VERSION = 1
+STABLEHLO_DIR = "stablehlo"
+# Lowered for all of these, so one file serves CPU, GPU and TPU hosts.
+PLATFORMS = ("cpu", "cuda", "tpu")
+
+
+def _dims(spec: str, scope, constraints=()):
+  return jax.export.symbolic_shape(spec, scope=scope, constraints=constraints)
+
+
+def _score_matrix_fn(model):
+  """(params, (N, R, d), (M, L, d), (M, L)) -> (N, M); one image at a time bounds memory."""
+
+  def score_matrix(params, img_emb, cap_emb, cap_mask):
+    def one_image(regions):
+      return model.apply({"params": params}, regions[None], cap_emb, cap_mask,
+                         method="score_matrix")[0]
+    return jax.lax.map(one_image, img_emb)
+
+  return score_matrix
+
+
+def _signatures(model_config: dict) -> dict:
+  """name -> (function of (params, *args), [(arg name, shape spec, dtype)], output names)."""
+  model = models.build(model_config)
+  d, img_dim = model_config["embed_dim"], model_config["img_dim"]
+
+  def method(name):
+    return lambda params, *args: model.apply({"params": params}, *args, method=name)
+
+  pad = model_config.get("pad_words_to")
+  # The stage-1 model pads captions to `pad_words_to` slots; with a symbolic T that test
+  # (`T < pad`) cannot be decided, so the artifact asks for T >= pad_words_to instead.
+  t_constraints = (f"T >= {pad}",) if pad else ()
+  embeddings = [("img_emb", f"N, R, {d}", "float32"), ("cap_emb", f"M, L, {d}", "float32"),
+                ("cap_mask", "M, L", "bool")]
+  sigs = {
+      "encode_images": (method("encode_images"), [("images", f"N, R, {img_dim}", "float32")],
+                        ["img_emb"], ()),
+      "encode_captions": (method("encode_captions"), [("tokens", "M, T", "int32"),
+                                                      ("lengths", "M", "int32")],
+                          ["cap_emb", "cap_mask"], t_constraints),
+      "score_matrix": (_score_matrix_fn(model), embeddings, ["scores"], ()),
+  }
+  if hasattr(model, "shortlist_embeddings"):
+    sigs["shortlist_embeddings"] = (method("shortlist_embeddings"), embeddings,
+                                    ["img_vec", "cap_vec"], ())
+  return sigs
+
+
+def export_functions(model_config: dict, params) -> tuple[dict, dict]:
+  """Lowers the model's functions with symbolic sizes.
+
+  Returns:
+    ({name: jax.export.Exported}, {name: JSON-able description of its signature}).
+  """
+  flat = bundle.flatten_params(params)
+  param_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
+  exported, described = {}, {}
+  for name, (fn, args, outputs, constraints) in _signatures(model_config).items():
+    scope = jax.export.SymbolicScope(constraints)
+    specs = [jax.ShapeDtypeStruct(_dims(shape, scope), jnp.dtype(dtype))
+             for _, shape, dtype in args]
+
+    def with_flat_params(flat_params, *xs, fn=fn):
+      return fn(bundle.unflatten_params(flat_params), *xs)
+
+    try:
+      exp = jax.export.export(jax.jit(with_flat_params), platforms=PLATFORMS)(param_specs, *specs)
+    except Exception as e:  # pylint: disable=broad-except
+      raise RuntimeError(f"jax.export of {name} failed: {e}") from e
+    exported[name] = exp
+    described[name] = {
+        "file": f"{name}.bin",
+        "inputs": [{"name": "params", "shape": "dict of params.npz arrays"}] + [
+            {"name": n, "shape": f"({shape})", "dtype": dtype} for n, shape, dtype in args],
+        "outputs": [{"name": n, "shape": str(a.shape).replace("'", ""), "dtype": str(a.dtype)}
+                    for n, a in zip(outputs, exp.out_avals)],
+        "constraints": list(constraints),
+    }
+  return exported, described
+
+
+_README = """# StableHLO artifacts of this bundle
+
+Serialized with `jax.export` (jax {jax_version}, platforms {platforms}); they need jax and
+numpy only. Sizes in capitals are symbolic (any value at call time); see signatures.json.
+
+```python
+import jax, numpy as np
+params = dict(np.load("params.npz"))          # first argument of every function
+load = lambda n: jax.export.deserialize(open(f"stablehlo/{{n}}.bin", "rb").read())
+img_emb = load("encode_images").call(params, images)            # f32[N, R, {img_dim}]
+cap_emb, cap_mask = load("encode_captions").call(params, tokens, lengths)
+scores = load("score_matrix").call(params, img_emb, cap_emb, cap_mask)   # (N, M)
+```
+
+Tokens are vocabulary ids (`vocab.json`) of `[<start>, words..., <end>]` padded with 0;
+lengths count the real ids. {notes}
+"""
+
+
+def write_stablehlo(bundle_dir: str | os.PathLike, model_config: dict, params) -> pathlib.Path:
+  """Writes BUNDLE/stablehlo/{*.bin, signatures.json, README.md}; returns that folder."""
+  out = pathlib.Path(bundle_dir) / STABLEHLO_DIR
+  exported, described = export_functions(model_config, params)
+  out.mkdir(parents=True, exist_ok=True)
+  for name, exp in exported.items():
+    (out / f"{name}.bin").write_bytes(exp.serialize())
+  meta = {"artifact_version": ARTIFACT_VERSION, "jax_version": jax.__version__,
+          "platforms": list(PLATFORMS), "params": "../params.npz", "functions": described}
+  (out / "signatures.json").write_text(json.dumps(meta, indent=2) + "\n")
+  pad = model_config.get("pad_words_to")
+  notes = (f"This stage-1 model needs token arrays with T >= {pad} columns." if pad else
+           "score_matrix scores one image at a time against all captions; call it on caption "
+           "tiles to bound memory.")
+  (out / "README.md").write_text(_README.format(jax_version=jax.__version__, platforms=PLATFORMS,
+                                                img_dim=model_config["img_dim"], notes=notes))
+  return out
+
+
+def _write_atomically(out: pathlib.Path, params, model_config, vocab, extra, stablehlo: bool,
+                      overwrite: bool) -> pathlib.Path:
+  """bundle.save into a temporary folder, artifacts beside it, then one rename into place."""
+  if out.exists() and not overwrite:
+    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+  try:
+    staged = bundle.save(tmp / "bundle", params, model_config, vocab, extra=extra)
+    if stablehlo:
+      write_stablehlo(staged, model_config, params)
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(staged, out)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return out
+
+
+def export_run(workdir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best",
+               stablehlo: bool = False, overwrite: bool = False) -> pathlib.Path:
+  """Writes the bundle of a training run's checkpoint ("best", "latest" or a step)."""
+  from camp_jax import checkpoints  # pylint: disable=g-import-not-at-top  (pulls in orbax)
+  which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
+  model_config, params, vocab_path = checkpoints.load_trained(workdir, which)
+  params = jax.tree.map(np.asarray, params)
+  vocab = None
+  if vocab_path:
+    from camp_jax.data.vocab import load_vocab  # pylint: disable=g-import-not-at-top
+    vocab = load_vocab(vocab_path)
+  extra = {"source": str(pathlib.Path(workdir).absolute()), "checkpoint": str(checkpoint)}
+  return _write_atomically(pathlib.Path(out), params, model_config, vocab, extra, stablehlo,
+                           overwrite)
+
+
+def export_bundle(bundle_in: str | os.PathLike, out: str | os.PathLike | None = None,
+                  stablehlo: bool = True, overwrite: bool = False) -> pathlib.Path:
+  """Adds StableHLO artifacts to a bundle: in place (out=None) or as a copy at `out`."""
+  model_config, params, vocab, meta = bundle.load(bundle_in)
+  if out is None or pathlib.Path(out).absolute() == pathlib.Path(bundle_in).absolute():
+    if stablehlo:
+      target = pathlib.Path(bundle_in) / STABLEHLO_DIR
+      tmp = pathlib.Path(tempfile.mkdtemp(prefix=".stablehlo.", dir=bundle_in))
+      try:
+        staged = write_stablehlo(tmp, model_config, params)
+        if target.exists():
+          shutil.rmtree(target)
+        os.replace(staged, target)
+      finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return pathlib.Path(bundle_in)
+  extra = {k: v for k, v in meta.items() if k not in ("format_version", "model")}
+  return _write_atomically(pathlib.Path(out), params, model_config, vocab, extra, stablehlo,
+                           overwrite)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m camp_jax.export", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument("--workdir", metavar="RUN", help="training run folder")
+  source.add_argument("--bundle", metavar="IN", help="existing bundle to export artifacts from")
+  parser.add_argument("--out", metavar="BUNDLE",
+                      help="bundle folder to write (required with --workdir; with --bundle, "
+                           "default: add the artifacts to IN)")
+  parser.add_argument("--checkpoint", default="best", help="best, latest or a step number")
+  parser.add_argument("--stablehlo", action="store_true",
+                      help="also write jax.export artifacts to BUNDLE/stablehlo/")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  args = parser.parse_args(argv)
+  if args.workdir and not args.out:
+    parser.error("--out is required with --workdir")
+  if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
+    parser.error(f"--checkpoint is {args.checkpoint!r}, expected best, latest or a step number")
+  try:
+    if args.workdir:
+      out = export_run(args.workdir, args.out, args.checkpoint, args.stablehlo, args.overwrite)
+    else:
+      out = export_bundle(args.bundle, args.out, args.stablehlo, args.overwrite)
+  except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"wrote {out}" + (f" with {out / STABLEHLO_DIR}" if args.stablehlo else ""))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
