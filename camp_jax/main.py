@@ -28,6 +28,9 @@ flags.DEFINE_string("out", None, "export: bundle folder to write.")
 flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_integer("heartbeat_timeout", None,
+                     "Multi-process: seconds until the others abort when a process dies "
+                     "(default $CAMP_HEARTBEAT_TIMEOUT_S or 60).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,7 +44,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_quiet_orbax)
   from camp_jax import sharding  # pylint: disable=g-import-not-at-top
-  sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
+                                  FLAGS.heartbeat_timeout)
   try:  # tf.data must not take accelerator memory from JAX.
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")

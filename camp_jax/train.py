@@ -191,7 +191,9 @@ def evaluate_params(model_cfg, params, split, vocab, *, folds=None) -> dict:
   """Recalls of `params` on a precomp split, scored in tiles."""
   from camp_jax import inference  # pylint: disable=g-import-not-at-top
   from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  predictor = inference.Predictor(model_cfg, params)
+  # Every process scores the whole split on its own devices from its copy of the
+  # replicated params: no cross-process arrays, and the same metrics on every process.
+  predictor = inference.Predictor(model_cfg, sharding.host_local(params))
   arrays = pipeline.eval_arrays(split, vocab)
   return evaluate.evaluate_arrays(
       (predictor.encode_images, predictor.encode_captions, predictor.score_matrix),
@@ -226,8 +228,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored:
     state, extra, step = restored
     logging.info("resumed from %s/%d", latest.directory, step)
+  # Each process reads only its rows of every global batch.
   batches = pipeline.train_batches(train_split, data.vocab, global_batch_size=config.batch_size,
-                                   seed=config.seed, state=extra["data"])
+                                   seed=config.seed, state=extra["data"],
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count())
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams({k: v for k, v in flatten_config(config).items()})
@@ -252,15 +257,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if epoch_end and (epoch % config.eval_every_epochs == 0 or step == num_steps):
         metrics = evaluate_params(model_cfg, state.params, dev_split, data.vocab)
         writer.write_scalars(step, {f"dev/{k}": v for k, v in metrics.items()})
-        logging.info("%s", evaluate.format_table(metrics, f"dev, epoch {epoch}"))
+        if sharding.is_primary():
+          logging.info("%s", evaluate.format_table(metrics, f"dev, epoch {epoch}"))
         if metrics["rsum"] > extra["best_rsum"]:
           extra = {**extra, "best_rsum": metrics["rsum"], "best_step": step}
           checkpoints.save(best, step, state, {**extra, "data": batches.get_state(),
                                                "metrics": metrics})
+          # Orbax names its cross-process barriers by step only: two managers finishing
+          # async saves of the same step at once collide ("Barrier ... already ongoing").
+          best.wait_until_finished()
+      # A SIGTERM may reach some processes only: all stop at the same step (one collective).
+      preempted = sharding.any_process(preemption.requested)
       if (epoch_end or step % config.checkpoint_every_steps == 0 or step == num_steps
-          or preemption.requested):
+          or preempted):
         checkpoints.save(latest, step, state, {**extra, "data": batches.get_state()})
-      if preemption.requested:
+      if preempted:
         logging.warning("preempted at step %d; checkpoint saved", step)
         break
   finally:
@@ -271,14 +282,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"preempted_at_step": step}
 
   results = {}
-  params = checkpoints.load_params(workdir / "best")[0] if best.latest_step() else state.params
+  # Restored into the train state's (replicated) shardings: the same on one or many processes.
+  params = checkpoints.restore(best, state)[0].params if best.latest_step() else state.params
   for split_name in config.eval_splits:
     split = data.split(split_name)
     metrics = evaluate_params(model_cfg, params, split, data.vocab,
                               folds=config.eval_folds or None)
-    evaluate.write_metrics(workdir, split_name, metrics)
     writer.write_scalars(step, {f"{split_name}/{k}": v for k, v in metrics.items()})
-    print(evaluate.format_table(metrics, f"{split_name} (best dev checkpoint)"), flush=True)
+    if sharding.is_primary():  # Every process has the same metrics; one writes them.
+      evaluate.write_metrics(workdir, split_name, metrics)
+      print(evaluate.format_table(metrics, f"{split_name} (best dev checkpoint)"), flush=True)
     results[split_name] = metrics
   writer.flush()
   return results
@@ -303,7 +316,8 @@ def evaluate_run(config, workdir, checkpoint="best", bundle_path=None, split=Non
   for name in ([split] if split else config.eval_splits):
     metrics = evaluate_params(model_cfg, params, data.split(name), data.vocab,
                               folds=config.eval_folds or None)
-    evaluate.write_metrics(workdir, name, metrics)
-    print(evaluate.format_table(metrics, name), flush=True)
+    if sharding.is_primary():
+      evaluate.write_metrics(workdir, name, metrics)
+      print(evaluate.format_table(metrics, name), flush=True)
     results[name] = metrics
   return results

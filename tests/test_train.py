@@ -1,0 +1,184 @@
+"""Training end to end on the tiny config: resume after SIGKILL, SIGTERM saves, 8 devices = 1.
+
+Runs go through `python -m camp_jax.main` in subprocesses, as a user would start them.
+"""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from camp_jax import train
+from camp_jax.data import synthetic
+from configs import default
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EPOCHS = 3  # 8 steps an epoch on the tiny config; checkpoints every 4 steps.
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("data") / "synthetic_tiny"
+  synthetic.ensure_synthetic(path, **default.get_config("tiny").data.synthetic.to_dict())
+  return path
+
+
+def _env(devices: int = 1) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def _main(workdir, data_dir, *flags) -> list[str]:
+  return [sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
+          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
+          f"--config.num_epochs={EPOCHS}", *flags]
+
+
+def _run(workdir, data_dir, *flags):
+  proc = subprocess.run(_main(workdir, data_dir, *flags), cwd=REPO, env=_env(),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _steps(workdir) -> list[int]:
+  folder = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def _wait_for_checkpoint(proc, workdir, min_step: int, timeout: float = 300):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      pytest.fail(f"run ended (code {proc.returncode}) before checkpoint {min_step}: "
+                  f"{proc.stderr.read()[-3000:]}")
+    if any(s >= min_step for s in _steps(workdir)):
+      return
+    time.sleep(0.2)
+  proc.kill()
+  pytest.fail(f"no checkpoint >= {min_step} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  proc = _run(workdir, data_dir)
+  return workdir, proc.stdout
+
+
+def test_default_run_trains_evaluates_and_writes_metrics(uninterrupted):
+  workdir, stdout = uninterrupted
+  metrics = json.loads((workdir / "eval" / "test.json").read_text())
+  for key in ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr", "t2i_r1", "t2i_r5",
+              "t2i_r10", "t2i_medr", "t2i_meanr", "rsum", "n_images", "n_captions"):
+    assert key in metrics
+  assert metrics["n_images"] == 40 and metrics["n_captions"] == 200
+  assert "R@1" in stdout and "rsum" in stdout
+  assert list((workdir / "best").iterdir()) and _steps(workdir)[-1] == 8 * EPOCHS
+  assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard summaries
+
+
+def test_resume_after_sigkill_reaches_the_same_metrics(uninterrupted, tmp_path, data_dir):
+  workdir = tmp_path / "killed"
+  proc = subprocess.Popen(_main(workdir, data_dir), cwd=REPO, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_checkpoint(proc, workdir, min_step=8)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (workdir / "eval" / "test.json").exists(), "killed too late to test a resume"
+  resumed = _run(workdir, data_dir)
+  assert "resumed from" in resumed.stderr
+  expected = json.loads((uninterrupted[0] / "eval" / "test.json").read_text())
+  got = json.loads((workdir / "eval" / "test.json").read_text())
+  for key in ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10", "i2t_meanr", "t2i_meanr", "rsum"):
+    assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, data_dir):
+  workdir = tmp_path / "preempted"
+  proc = subprocess.Popen(_main(workdir, data_dir, "--config.checkpoint_every_steps=1000"),
+                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    _wait_for_checkpoint(proc, workdir, min_step=8)  # the end of epoch 1
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, stderr[-3000:]
+  assert "preempted at step" in stderr
+  step = int(stderr.split("preempted at step")[1].split(";")[0])
+  assert _steps(workdir)[-1] == step
+
+
+MULTI_DEVICE_STEP = r"""
+import sys, jax, numpy as np
+from camp_jax import train, models, sharding, bundle
+from camp_jax.data import inputs, pipeline
+from configs import default
+c = default.get_config("tiny"); c.data.dir = sys.argv[1]
+data = inputs.load(c.data); split = data.split("train")
+cfg = train.model_config(c, len(data.vocab), split.feature_dim); model = models.build(cfg)
+mesh = sharding.make_mesh()
+state, tx, schedule = train.create_train_state(c, model, cfg, 8, mesh)
+step = train.make_train_step(model, tx, schedule, c, mesh)
+batches = pipeline.train_batches(split, data.vocab, global_batch_size=c.batch_size, seed=0)
+for _ in range(2):
+  state, aux = step(state, sharding.global_batch(next(batches), mesh))
+flat = bundle.flatten_params(jax.device_get(state.params))
+np.savez(sys.argv[2], loss=np.float32(aux["loss"]), devices=jax.device_count(), **flat)
+"""
+
+
+def test_eight_devices_match_one(tmp_path, data_dir):
+  results = {}
+  for devices in (1, 8):
+    out = tmp_path / f"{devices}.npz"
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_STEP, str(data_dir), str(out)],
+                          cwd=REPO, env=_env(devices), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results[devices] = dict(np.load(out))
+  assert results[8]["devices"] == 8 and results[1]["devices"] == 1
+  np.testing.assert_allclose(results[8]["loss"], results[1]["loss"], rtol=1e-5)
+  for key, value in results[1].items():
+    if key in ("devices", "loss"):
+      continue
+    np.testing.assert_allclose(results[8][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_frozen_parameters_get_no_update():
+  params = {"txt_enc": {"w": np.ones(3)}, "fusion": {"fc_1": {"kernel": np.ones(2)},
+                                                     "img_query_fc": {"kernel": np.ones(2)}}}
+  config = default.get_config()
+  config.optimizer, config.trainable = "sgd", (r"fusion/fc_1/",)
+  tx, _ = train.create_optimizer(config, params, steps_per_epoch=10)
+  grads = jax.tree.map(np.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert np.all(updates["fusion"]["fc_1"]["kernel"] != 0)
+  assert not np.any(updates["txt_enc"]["w"]) and not np.any(updates["fusion"]["img_query_fc"]["kernel"])
+  config.trainable = ("no_such_layer",)
+  with pytest.raises(ValueError, match="match no parameter"):
+    train.create_optimizer(config, params, steps_per_epoch=10)
+
+
+def test_learning_rate_follows_the_release_schedule():
+  config = default.get_config()
+  config.learning_rate, config.batch_size, config.lr_update = 0.002, 256, 2
+  schedule = train.learning_rate_schedule(config, steps_per_epoch=5)
+  assert float(schedule(0)) == pytest.approx(0.001)          # 0.002 x 128 / 256
+  assert float(schedule(9)) == pytest.approx(0.001)
+  assert float(schedule(10)) == pytest.approx(0.0001)        # x0.1 after 2 epochs
+  assert isinstance(optax.global_norm({"a": np.ones(4)}), jax.Array)
