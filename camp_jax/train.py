@@ -121,7 +121,7 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config, mesh):
                                has_aux=True)
   (_, aux), grads = grad_fn(state.params, batch, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  aux["grad_norm"] = optax.global_norm(grads)
+  aux["grad_norm"] = optax.tree.norm(grads)
   aux["learning_rate"] = schedule(state.step)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, rng=rng)

