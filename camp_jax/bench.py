@@ -3,6 +3,7 @@ r"""Benchmarks on synthetic inputs, one subcommand each.
   python -m camp_jax.bench scoring --embed-dim 1024 --images 20 --captions 500 [--json]
   python -m camp_jax.bench scoring --preset flickr30k_test            # 1000 x 5000, d=1024
   python -m camp_jax.bench scoring --preset coco5k --slice-images 32  # 5000 x 25000, d=256
+  python -m camp_jax.bench train_step --config configs/default.py     # the real train step
 
 `scoring` times the reference path (every pair expanded, captions padded to 50 slots as the
 original) and the fast path (`scoring.score_matrix`) in the same run, both after
@@ -159,7 +160,61 @@ def _print_scoring(r: dict):
   print(f"peak RSS: {r['peak_rss_mb']:.0f} MB")
 
 
-COMMANDS = {"scoring": (add_scoring_args, cmd_scoring, _print_scoring)}
+def add_train_step_args(p: argparse.ArgumentParser):
+  p.add_argument("--config", default="configs/default.py",
+                 help="config file[:arg], e.g. configs/flickr30k.py:stage2,synthetic")
+  p.add_argument("--steps", type=int, default=5, help="timed steps after the compiled one")
+  p.add_argument("--json", action="store_true")
+
+
+def cmd_train_step(args) -> dict:
+  """Times the real jitted train step of a config (init_from ignored) on its own data."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  from camp_jax import sharding, train  # pylint: disable=g-import-not-at-top
+  from camp_jax.data import inputs, pipeline  # pylint: disable=g-import-not-at-top
+  path, _, arg = args.config.partition(":")  # Run from the repo root: configs/ is a package.
+  module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+  config = module.get_config(arg) if arg else module.get_config()
+  config.init_from = ""
+  data = inputs.load(config.data)
+  split = data.split(config.data.train_split)
+  model_cfg = train.model_config(config, len(data.vocab), split.feature_dim)
+  model = models.build(model_cfg)
+  mesh = sharding.make_mesh()
+  steps_per_epoch = max(1, split.num_images // config.batch_size)
+  state, tx, schedule = train.create_train_state(config, model, model_cfg, steps_per_epoch, mesh)
+  step = train.make_train_step(model, tx, schedule, config, mesh)
+  batches = pipeline.train_batches(split, data.vocab, global_batch_size=config.batch_size,
+                                   seed=0)
+  batch = sharding.global_batch(next(batches), mesh)
+  start = time.perf_counter()
+  state, aux = step(state, batch)
+  jax.block_until_ready(aux)
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(args.steps):
+    state, aux = step(state, batch)
+  jax.block_until_ready(aux)
+  seconds = (time.perf_counter() - start) / args.steps
+  return {"config": args.config, "device_kind": jax.devices()[0].device_kind,
+          "num_devices": jax.device_count(), "batch_size": config.batch_size,
+          "embed_dim": model_cfg["embed_dim"], "regions": split.num_regions,
+          "caption_width": int(batch["tokens"].shape[1]), "compile_and_first_step_s": compile_s,
+          "step_s": seconds, "steps_per_s": 1.0 / seconds,
+          "examples_per_s": config.batch_size / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def _print_train_step(r: dict):
+  print(f"device: {r['device_kind']} x{r['num_devices']}  {r['config']}  batch {r['batch_size']}"
+        f"  d={r['embed_dim']}  {r['regions']} regions  caption width {r['caption_width']}")
+  print(f"train step: {r['step_s'] * 1e3:.1f} ms  ({r['steps_per_s']:.2f} steps/s, "
+        f"{r['examples_per_s']:.0f} examples/s; compile + first step "
+        f"{r['compile_and_first_step_s']:.1f} s)")
+  print(f"peak RSS: {r['peak_rss_mb']:.0f} MB")
+
+
+COMMANDS = {"scoring": (add_scoring_args, cmd_scoring, _print_scoring),
+            "train_step": (add_train_step_args, cmd_train_step, _print_train_step)}
 
 
 def main(argv=None) -> int:

@@ -92,7 +92,7 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
   img_emb = jax.lax.with_sharding_constraint(img_emb, sharding.data_sharding(mesh))
   cap_emb, cap_mask = jax.lax.with_sharding_constraint((cap_emb, cap_mask),
                                                         sharding.replicated(mesh))
-  if getattr(model, "dropout_rate", 0.0) or not config.fast_scoring:
+  if not isinstance(model, models.CAMP) or model.dropout_rate or not config.fast_scoring:
     scores = model.apply(variables, img_emb, cap_emb, cap_mask, deterministic=False,
                          rngs={"dropout": rng}, method="score_matrix")
   else:  # The hoisted exact path: same scores and gradients, far fewer FLOPs.

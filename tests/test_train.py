@@ -182,3 +182,14 @@ def test_learning_rate_follows_the_release_schedule():
   assert float(schedule(0)) == pytest.approx(0.001)          # 0.002 x 128 / 256
   assert float(schedule(9)) == pytest.approx(0.001)
   assert float(schedule(10)) == pytest.approx(0.0001)        # x0.1 after 2 epochs
+
+
+def test_vse_baseline_config_trains(tmp_path, data_dir):
+  workdir = tmp_path / "vse"
+  proc = subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/vse.py:tiny",
+                         f"--workdir={workdir}", f"--config.data.dir={data_dir}",
+                         "--config.num_epochs=1"], cwd=REPO, env=_env(), capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  metrics = json.loads((workdir / "eval" / "test.json").read_text())
+  assert metrics["n_images"] == 40 and 0 <= metrics["rsum"] <= 600
