@@ -377,3 +377,31 @@ def reference_score_matrix(model, params, img_emb, cap_emb, cap_mask,
       tile = _reference_tile(model, params, imgs, caps, mask)
       scores[i:i + image_tile, j:j + caption_tile] = np.asarray(tile)[:n_img - i, :n_cap - j]
   return scores
+
+
+def caption_chunked(score_fn, img_emb, cap_emb, cap_mask, chunk: int) -> jax.Array:
+  """score_fn over blocks of `chunk` captions, rematerialised: bounded memory under grad.
+
+  For the training loss on a large batch: each block's activations are recomputed in the
+  backward pass instead of stored, so memory grows with images x chunk, not images x
+  captions. Captions (replicated in the train step) are split, image rows (sharded) are not.
+
+  Args:
+    score_fn: (img_emb, cap_emb, cap_mask) -> (Ni, c) scores, e.g. `fast_score_matrix`
+      with the model and params bound.
+    img_emb, cap_emb, cap_mask: (Ni, R, d), (Nc, L, d), (Nc, L).
+    chunk: captions per block; 0 or >= Nc scores all at once. Must divide Nc.
+
+  Returns:
+    (Ni, Nc).
+  """
+  n_cap = cap_emb.shape[0]
+  if not chunk or chunk >= n_cap:
+    return score_fn(img_emb, cap_emb, cap_mask)
+  if n_cap % chunk:
+    raise ValueError(f"train_caption_chunk {chunk} does not divide the {n_cap} captions of "
+                     "the batch")
+  blocks = (cap_emb.reshape((n_cap // chunk, chunk) + cap_emb.shape[1:]),
+            cap_mask.reshape((n_cap // chunk, chunk) + cap_mask.shape[1:]))
+  block_scores = jax.lax.map(jax.checkpoint(lambda b: score_fn(img_emb, *b)), blocks)
+  return jnp.moveaxis(block_scores, 0, 1).reshape(img_emb.shape[0], n_cap)

@@ -96,7 +96,9 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
     scores = model.apply(variables, img_emb, cap_emb, cap_mask, deterministic=False,
                          rngs={"dropout": rng}, method="score_matrix")
   else:  # The hoisted exact path: same scores and gradients, far fewer FLOPs.
-    scores = scoring.fast_score_matrix(model, params, img_emb, cap_emb, cap_mask)
+    scores = scoring.caption_chunked(
+        functools.partial(scoring.fast_score_matrix, model, params), img_emb, cap_emb,
+        cap_mask, config.train_caption_chunk)
   loss = losses.LOSSES[config.loss](scores)
   off_diagonal = jnp.where(jnp.eye(scores.shape[0], dtype=bool), -jnp.inf, scores)
   aux = {"loss": loss, "positive_score": jnp.mean(jnp.diagonal(scores)),

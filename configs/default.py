@@ -40,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = "hardest_negative_bce"      # or max_violation_hinge (VSE++)
   c.shortlist_loss_weight = 1.0        # VSE++ term aligning the search shortlist embeddings
   c.fast_scoring = True                # hoisted exact scoring in the train step
+  c.train_caption_chunk = 0            # >0: score the batch in caption blocks (less memory)
   c.optimizer = "adam"                 # adam | sgd
   c.learning_rate = 0.002
   c.scale_lr_by_batch = True           # lr x 128 / batch_size, as the release

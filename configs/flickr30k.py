@@ -25,6 +25,9 @@ def get_config(arg: str = "stage1"):
   c.data.vocab = "vocab/f30k_precomp_vocab.json"
   c.model.update(embed_dim=1024, word_dim=300)
   c.shortlist_loss_weight = 0.0
+  # Batch x batch pairs at d=1024 need ~33 GB of activations at once; blocks of 16 captions
+  # (recomputed in the backward pass) bound that to a few GB.
+  c.train_caption_chunk = 16
   c.num_epochs = 300                     # best-on-dev selection over the whole budget
   c.eval_every_epochs = 1
   c.log_every_steps = 100

@@ -193,3 +193,28 @@ def test_vse_baseline_config_trains(tmp_path, data_dir):
   assert proc.returncode == 0, proc.stderr[-4000:]
   metrics = json.loads((workdir / "eval" / "test.json").read_text())
   assert metrics["n_images"] == 40 and 0 <= metrics["rsum"] <= 600
+
+
+def test_caption_chunked_loss_matches_whole_batch_scores_and_gradients():
+  from camp_jax import losses, models, scoring  # pylint: disable=g-import-not-at-top
+  model = models.build(dict(vocab_size=12, word_dim=4, embed_dim=8, img_dim=6))
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(4, 3, 6)).astype(np.float32)
+  tokens = rng.integers(4, 12, size=(4, 5)).astype(np.int32)
+  lengths = np.array([5, 3, 4, 2], np.int32)
+  params = model.init(jax.random.key(0), images, tokens, lengths)["params"]
+  img_emb = model.apply({"params": params}, images, method="encode_images")
+  cap_emb, cap_mask = model.apply({"params": params}, tokens, lengths, method="encode_captions")
+
+  def loss(p, chunk):
+    fn = lambda *a: scoring.fast_score_matrix(model, p, *a)
+    return losses.hardest_negative_bce(scoring.caption_chunked(fn, img_emb, cap_emb, cap_mask,
+                                                               chunk))
+
+  whole, grads_whole = jax.value_and_grad(loss)(params, 0)
+  chunked, grads_chunked = jax.value_and_grad(loss)(params, 2)
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               grads_chunked, grads_whole)
+  with pytest.raises(ValueError, match="does not divide"):
+    loss(params, 3)
