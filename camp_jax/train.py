@@ -123,7 +123,10 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config, mesh):
                                has_aux=True)
   (_, aux), grads = grad_fn(state.params, batch, step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  aux["grad_norm"] = optax.tree.norm(grads)
+  # Over trained parameters only: nothing then reads the frozen ones' gradients, and XLA
+  # drops their computation (stage 2 does not backpropagate into the encoders).
+  trained = jax.tree.leaves(trainable_mask(state.params, config.trainable))
+  aux["grad_norm"] = optax.tree.norm([g for g, t in zip(jax.tree.leaves(grads), trained) if t])
   aux["learning_rate"] = schedule(state.step)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, rng=rng)
@@ -212,6 +215,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   data = inputs.load(config.data)
   train_split, dev_split = data.split(config.data.train_split), data.split(config.data.dev_split)
+  if config.data.dev_images:
+    if not 0 < config.data.dev_images <= dev_split.num_images:
+      raise ValueError(f"config.data.dev_images={config.data.dev_images}: expected 0 (all) or "
+                       f"1..{dev_split.num_images}, the images of split {dev_split.name!r}")
+    logging.info("validating on the first %d of %d dev images", config.data.dev_images,
+                 dev_split.num_images)
+    dev_split = dev_split.slice_images(0, config.data.dev_images)
   model_cfg = model_config(config, len(data.vocab), train_split.feature_dim)
   model = models.build(model_cfg)
   steps_per_epoch = train_split.num_images // config.batch_size

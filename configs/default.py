@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.vocab = ""                    # default: <dir>/vocab.json
   c.data.train_split = "train"
   c.data.dev_split = "dev"
+  c.data.dev_images = 0                # >0: validate on the first N dev images only; 0: all
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_train=10_000, num_dev=500, num_test=1_000, num_regions=12, feature_dim=64, seed=0))
 

@@ -23,6 +23,7 @@ def get_config(arg: str = "stage1"):
   c.data.kind = "precomp"
   c.data.dir = "data/f30k_precomp"
   c.data.vocab = "vocab/f30k_precomp_vocab.json"
+  c.data.dev_images = 1000               # the release validates on the first 5,000 captions
   c.model.update(embed_dim=1024, word_dim=300)
   c.shortlist_loss_weight = 0.0
   # Batch x batch pairs at d=1024 need ~33 GB of activations at once; blocks of 16 captions
@@ -47,6 +48,7 @@ def get_config(arg: str = "stage1"):
     raise ValueError(f"configs/flickr30k.py: unknown stage {stage!r}; expected stage1|2|3")
   if size == "synthetic":  # Same recipe on synthetic data of the real size, for timing.
     c.data.kind, c.data.dir, c.data.vocab = "synthetic", "data/synthetic_f30k", ""
+    c.data.dev_images = 0
     c.data.synthetic.update(num_train=2_000, num_dev=100, num_test=100, num_regions=36,
                             feature_dim=2048)
   return c

@@ -3,14 +3,15 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
-from camp_jax import bundle, export, inference, models
+from camp_jax import bundle, checkpoints, evaluate, export, inference, models
+from camp_jax.data import precomp, tokenizer
 from camp_jax.data.vocab import Vocabulary
+from tests import helpers
 
 WORDS = "a man riding horse dog red blue cube on the left".split()
 CONFIG = dict(name="camp", word_dim=6, embed_dim=8, img_dim=10, pool_heads=2)
@@ -42,38 +43,21 @@ def exported(tmp_path_factory):
   return root / "out"
 
 
-# Imports jax and numpy only; two calls with different sizes check the symbolic shapes.
-_FRESH = textwrap.dedent("""
-    import sys, jax, numpy as np
-    bundle, inputs, out = sys.argv[1:4]
-    params = dict(np.load(f"{bundle}/params.npz"))
-    def load(name):
-      with open(f"{bundle}/stablehlo/{name}.bin", "rb") as f:
-        return jax.export.deserialize(f.read())
-    enc_img, enc_cap, score = (load(n) for n in ("encode_images", "encode_captions",
-                                                  "score_matrix"))
-    z = np.load(inputs)
-    results = {}
-    for case in ("a", "b"):
-      img = enc_img.call(params, z[case + "_images"])
-      cap, mask = enc_cap.call(params, z[case + "_tokens"], z[case + "_lengths"])
-      results[case] = np.asarray(score.call(params, img, cap, mask))
-    img_vec, cap_vec = load("shortlist_embeddings").call(params, img, cap, mask)
-    results["vec"] = np.asarray(img_vec @ cap_vec.T)
-    assert not any(m.startswith("camp_jax") for m in sys.modules), "camp_jax was imported"
-    np.savez(out, **results)
-""")
+def _run_fresh(bundle_dir, cases: dict, tmp_path) -> dict:
+  """Runs `tests/run_stablehlo.py` (jax and numpy only) on {case: (images, tokens, lengths)}."""
+  np.savez(tmp_path / "inputs.npz", **{f"{c}_{k}": v for c, arrays in cases.items()
+                                      for k, v in zip(("images", "tokens", "lengths"), arrays)})
+  run = subprocess.run([sys.executable, str(helpers.REPO / "tests" / "run_stablehlo.py"),
+                        str(bundle_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert run.returncode == 0, run.stderr[-3000:]
+  return dict(np.load(tmp_path / "out.npz"))
 
 
 def test_stablehlo_artifacts_in_fresh_process_match_bundle(exported, tmp_path):
   cases = {"a": _inputs(3, 5, 6, 1), "b": _inputs(2, 7, 4, 2)}
-  np.savez(tmp_path / "inputs.npz", **{f"{c}_{k}": v for c, arrays in cases.items()
-                                      for k, v in zip(("images", "tokens", "lengths"), arrays)})
-  run = subprocess.run([sys.executable, "-c", _FRESH, str(exported), str(tmp_path / "inputs.npz"),
-                        str(tmp_path / "out.npz")], capture_output=True, text=True, timeout=120,
-                       cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert run.returncode == 0, run.stderr[-3000:]
-  fresh = np.load(tmp_path / "out.npz")
+  fresh = _run_fresh(exported, cases, tmp_path)
   predictor = inference.load(exported)
   for case, (images, tokens, lengths) in cases.items():
     img_emb = predictor.encode_images(images)
@@ -81,10 +65,46 @@ def test_stablehlo_artifacts_in_fresh_process_match_bundle(exported, tmp_path):
     expected = predictor.score_matrix(img_emb, cap_emb, cap_mask)
     assert fresh[case].shape == (len(images), len(tokens))
     np.testing.assert_allclose(fresh[case], expected, atol=1e-5)
-  assert fresh["vec"].shape == (2, 7)
+  assert fresh["b_vec"].shape == (2, 7)
   signatures = json.loads((exported / "stablehlo" / "signatures.json").read_text())
   assert signatures["functions"]["score_matrix"]["outputs"][0]["shape"] == "(N, M)"
   assert (exported / "stablehlo" / "README.md").is_file()
+
+
+def test_trained_tiny_run_exports_and_reloads_with_the_same_scores(tiny_run, tiny_data_dir,
+                                                                  tmp_path):
+  workdir, _ = tiny_run
+  out = tmp_path / "bundle"
+  proc = subprocess.run([sys.executable, "-m", "camp_jax.export", f"--workdir={workdir}",
+                         f"--out={out}", "--stablehlo"], cwd=helpers.REPO, env=helpers.cpu_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  predictor = inference.load(out)
+  split = precomp.read_split(tiny_data_dir, "test")
+  tokens, lengths = tokenizer.encode_all(split.captions, predictor.vocab)
+  img_emb = predictor.encode_images(split.images)
+  cap_emb, cap_mask = predictor.encode_captions(tokens, lengths)
+  scores = predictor.score_matrix(img_emb, cap_emb, cap_mask)
+  assert scores.shape == (40, 200) and np.ptp(scores) > 1e-3
+
+  # The bundle holds the run's best checkpoint: its scores, and the run's test recalls.
+  trained = inference.Predictor(*checkpoints.load_trained(workdir, "best")[:2])
+  np.testing.assert_array_equal(
+      trained.score_matrix(trained.encode_images(split.images),
+                           *trained.encode_captions(tokens, lengths)), scores)
+  recorded = json.loads((workdir / "eval" / "test.json").read_text())
+  recomputed = evaluate.recall_metrics(scores)
+  for key in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5", "rsum"):
+    assert recomputed[key] == pytest.approx(recorded[key], abs=1e-6), key
+
+  # The jax.export artifacts, in a process that imports only jax and numpy: the whole test
+  # split, and a slice of other sizes.
+  fresh = _run_fresh(out, {"all": (split.images, tokens, lengths),
+                           "part": (split.images[:7], tokens[3:16], lengths[3:16])}, tmp_path)
+  np.testing.assert_allclose(fresh["all"], scores, atol=1e-5)
+  np.testing.assert_allclose(fresh["part"], scores[:7, 3:16], atol=1e-5)
+  assert fresh["all_vec"].shape == (40, 200)
 
 
 def test_export_run_writes_a_loadable_bundle(monkeypatch, exported, tmp_path):

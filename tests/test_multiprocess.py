@@ -22,21 +22,12 @@ import time
 
 import pytest
 
-from camp_jax.data import synthetic
-from configs import default
+from tests.helpers import REPO, cpu_env
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 2           # 8 steps an epoch on the tiny config; checkpoints every 4 steps.
 HEARTBEAT_S = 15     # --heartbeat_timeout of the two-process runs.
 EXIT_BOUND_S = HEARTBEAT_S + 45  # Detection, then the abort; generous for a loaded machine.
 RUN_TIMEOUT_S = 420
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data") / "synthetic_tiny"
-  synthetic.ensure_synthetic(path, **default.get_config("tiny").data.synthetic.to_dict())
-  return path
 
 
 def _free_port() -> int:
@@ -46,8 +37,7 @@ def _free_port() -> int:
 
 
 def _start(workdir, data_dir, log, devices, *flags) -> subprocess.Popen:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(cpu_env(devices), PYTHONUNBUFFERED="1")
   cmd = [sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
          f"--config.num_epochs={EPOCHS}", *flags]
@@ -107,10 +97,10 @@ def _scalars(workdir, tag) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, data_dir):
+def single(tmp_path_factory, tiny_data_dir):
   """The reference: one process, 8 devices."""
   workdir = tmp_path_factory.mktemp("single")
-  proc = _start(workdir, data_dir, workdir.parent / "single.log", 8)
+  proc = _start(workdir, tiny_data_dir, workdir.parent / "single.log", 8)
   try:
     assert _wait([proc]) == [0], _log(workdir.parent / "single.log")
   finally:
@@ -119,13 +109,13 @@ def single(tmp_path_factory, data_dir):
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory, data_dir):
+def pair(tmp_path_factory, tiny_data_dir):
   """Two processes: process 1 killed after checkpoint 4, then both restarted to the end."""
   workdir = tmp_path_factory.mktemp("pair")
   killed_logs, resumed_logs = workdir.parent / "killed", workdir.parent / "resumed"
   killed_logs.mkdir(), resumed_logs.mkdir()
   result = {"workdir": workdir}
-  procs = _start_pair(workdir, data_dir, killed_logs)
+  procs = _start_pair(workdir, tiny_data_dir, killed_logs)
   try:
     deadline = time.time() + RUN_TIMEOUT_S
     while not _committed(workdir, 4):
@@ -146,7 +136,7 @@ def pair(tmp_path_factory, data_dir):
     _kill(procs)
   result["steps_at_kill"] = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                                    if p.name.isdigit())
-  procs = _start_pair(workdir, data_dir, resumed_logs)
+  procs = _start_pair(workdir, tiny_data_dir, resumed_logs)
   try:
     codes = _wait(procs)
     assert codes == [0, 0], (f"resumed run exit codes {codes}:\n"

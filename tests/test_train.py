@@ -3,7 +3,6 @@
 Runs go through `python -m camp_jax.main` in subprocesses, as a user would start them.
 """
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -12,40 +11,12 @@ import time
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from camp_jax import train
-from camp_jax.data import synthetic
 from configs import default
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-EPOCHS = 3  # 8 steps an epoch on the tiny config; checkpoints every 4 steps.
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("data") / "synthetic_tiny"
-  synthetic.ensure_synthetic(path, **default.get_config("tiny").data.synthetic.to_dict())
-  return path
-
-
-def _env(devices: int = 1) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-  return env
-
-
-def _main(workdir, data_dir, *flags) -> list[str]:
-  return [sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
-          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
-          f"--config.num_epochs={EPOCHS}", *flags]
-
-
-def _run(workdir, data_dir, *flags):
-  proc = subprocess.run(_main(workdir, data_dir, *flags), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
+from tests.helpers import REPO, TINY_EPOCHS, cpu_env, run_tiny, tiny_main
 
 
 def _steps(workdir) -> list[int]:
@@ -66,28 +37,21 @@ def _wait_for_checkpoint(proc, workdir, min_step: int, timeout: float = 300):
   pytest.fail(f"no checkpoint >= {min_step} within {timeout} s")
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-  workdir = tmp_path_factory.mktemp("uninterrupted")
-  proc = _run(workdir, data_dir)
-  return workdir, proc.stdout
-
-
-def test_default_run_trains_evaluates_and_writes_metrics(uninterrupted):
-  workdir, stdout = uninterrupted
+def test_default_run_trains_evaluates_and_writes_metrics(tiny_run):
+  workdir, stdout = tiny_run
   metrics = json.loads((workdir / "eval" / "test.json").read_text())
   for key in ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr", "t2i_r1", "t2i_r5",
               "t2i_r10", "t2i_medr", "t2i_meanr", "rsum", "n_images", "n_captions"):
     assert key in metrics
   assert metrics["n_images"] == 40 and metrics["n_captions"] == 200
   assert "R@1" in stdout and "rsum" in stdout
-  assert list((workdir / "best").iterdir()) and _steps(workdir)[-1] == 8 * EPOCHS
+  assert list((workdir / "best").iterdir()) and _steps(workdir)[-1] == 8 * TINY_EPOCHS
   assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard summaries
 
 
-def test_resume_after_sigkill_reaches_the_same_metrics(uninterrupted, tmp_path, data_dir):
+def test_resume_after_sigkill_reaches_the_same_metrics(tiny_run, tmp_path, tiny_data_dir):
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(_main(workdir, data_dir), cwd=REPO, env=_env(),
+  proc = subprocess.Popen(tiny_main(workdir, tiny_data_dir), cwd=REPO, env=cpu_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     _wait_for_checkpoint(proc, workdir, min_step=8)
@@ -97,19 +61,19 @@ def test_resume_after_sigkill_reaches_the_same_metrics(uninterrupted, tmp_path, 
     proc.kill()
   assert proc.returncode == -signal.SIGKILL
   assert not (workdir / "eval" / "test.json").exists(), "killed too late to test a resume"
-  resumed = _run(workdir, data_dir)
+  resumed = run_tiny(workdir, tiny_data_dir)
   assert "resumed from" in resumed.stderr
-  expected = json.loads((uninterrupted[0] / "eval" / "test.json").read_text())
+  expected = json.loads((tiny_run[0] / "eval" / "test.json").read_text())
   got = json.loads((workdir / "eval" / "test.json").read_text())
   for key in ("i2t_r1", "i2t_r10", "t2i_r1", "t2i_r10", "i2t_meanr", "t2i_meanr", "rsum"):
     assert got[key] == pytest.approx(expected[key], abs=1e-6), key
 
 
-def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, data_dir):
+def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, tiny_data_dir):
   workdir = tmp_path / "preempted"
-  proc = subprocess.Popen(_main(workdir, data_dir, "--config.checkpoint_every_steps=1000"),
-                          cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  flags = ("--config.checkpoint_every_steps=1000",)
+  proc = subprocess.Popen(tiny_main(workdir, tiny_data_dir, *flags), cwd=REPO, env=cpu_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     _wait_for_checkpoint(proc, workdir, min_step=8)  # the end of epoch 1
     proc.send_signal(signal.SIGTERM)
@@ -141,12 +105,12 @@ np.savez(sys.argv[2], loss=np.float32(aux["loss"]), devices=jax.device_count(), 
 """
 
 
-def test_eight_devices_match_one(tmp_path, data_dir):
+def test_eight_devices_match_one(tmp_path, tiny_data_dir):
   results = {}
   for devices in (1, 8):
     out = tmp_path / f"{devices}.npz"
-    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_STEP, str(data_dir), str(out)],
-                          cwd=REPO, env=_env(devices), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_STEP, str(tiny_data_dir), str(out)],
+                          cwd=REPO, env=cpu_env(devices), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results[devices] = dict(np.load(out))
@@ -175,6 +139,32 @@ def test_frozen_parameters_get_no_update():
     train.create_optimizer(config, params, steps_per_epoch=10)
 
 
+def test_frozen_parameters_are_left_out_of_the_gradient_norm():
+  from camp_jax import models, sharding  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.variant, config.shortlist_loss_weight = "gate_fusion", 0.0
+  config.trainable = (r"fusion/fc_1/",)
+  cfg = dict(name="camp", vocab_size=12, word_dim=4, embed_dim=8, img_dim=6, pool_heads=2)
+  model, mesh = models.build(cfg), sharding.make_mesh()
+  state, tx, schedule = train.create_train_state(config, model, cfg, 10, mesh)
+  rng = np.random.default_rng(0)
+  batch = {"images": rng.normal(size=(4, 3, 6)).astype(np.float32),
+           "tokens": rng.integers(4, 12, size=(4, 5)).astype(np.int32),
+           "lengths": np.array([5, 3, 4, 2], np.int32)}
+  grads = jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model=model,
+                                           config=config, mesh=mesh)[0])(state.params)
+  expected = np.linalg.norm(np.asarray(grads["fusion"]["fc_1"]["kernel"]))
+  before = jax.device_get(state.params)
+  state, aux = train.make_train_step(model, tx, schedule, config, mesh)(
+      state, sharding.global_batch(batch, mesh))
+  assert float(aux["grad_norm"]) == pytest.approx(expected, rel=1e-5)
+  assert float(optax.tree.norm(grads)) > 1.01 * expected  # The encoders do get gradients.
+  after = jax.device_get(state.params)
+  np.testing.assert_array_equal(after["img_enc"]["fc"]["kernel"],
+                                before["img_enc"]["fc"]["kernel"])
+  assert np.any(after["fusion"]["fc_1"]["kernel"] != before["fusion"]["fc_1"]["kernel"])
+
+
 def test_learning_rate_follows_the_release_schedule():
   config = default.get_config()
   config.learning_rate, config.batch_size, config.lr_update = 0.002, 256, 2
@@ -184,15 +174,22 @@ def test_learning_rate_follows_the_release_schedule():
   assert float(schedule(10)) == pytest.approx(0.0001)        # x0.1 after 2 epochs
 
 
-def test_vse_baseline_config_trains(tmp_path, data_dir):
-  workdir = tmp_path / "vse"
-  proc = subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/vse.py:tiny",
+def _vse_tiny(workdir, data_dir, *flags) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/vse.py:tiny",
                          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
-                         "--config.num_epochs=1"], cwd=REPO, env=_env(), capture_output=True,
-                        text=True, timeout=600)
+                         "--config.num_epochs=1", *flags], cwd=REPO, env=cpu_env(),
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_vse_baseline_trains_validating_on_the_first_dev_images(tmp_path, tiny_data_dir):
+  proc = _vse_tiny(tmp_path / "vse", tiny_data_dir, "--config.data.dev_images=20")
   assert proc.returncode == 0, proc.stderr[-4000:]
-  metrics = json.loads((workdir / "eval" / "test.json").read_text())
+  assert "validating on the first 20 of 40 dev images" in proc.stderr
+  metrics = json.loads((tmp_path / "vse" / "eval" / "test.json").read_text())
   assert metrics["n_images"] == 40 and 0 <= metrics["rsum"] <= 600
+  proc = _vse_tiny(tmp_path / "bad", tiny_data_dir, "--config.data.dev_images=41")
+  assert proc.returncode != 0
+  assert "config.data.dev_images=41: expected 0 (all) or 1..40" in proc.stderr
 
 
 def test_caption_chunked_loss_matches_whole_batch_scores_and_gradients():
