@@ -31,6 +31,8 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
 def save(out: str | os.PathLike, params, model_config: dict, vocab=None,
          extra: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
   """Writes a bundle folder at `out` atomically and returns its path."""
+  if "://" in os.fspath(out):  # pathlib would write to a local folder named "gs:".
+    raise ValueError(f"{out}: bundles are written to local (or mounted) folders, not URLs")
   out = pathlib.Path(out)
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")

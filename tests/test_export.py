@@ -147,3 +147,18 @@ def test_stage1_model_exports_with_padded_caption_constraint():
   _, described = export.export_functions(config, _params(config))
   assert described["encode_captions"]["constraints"] == ["T >= 9"]
   assert described["score_matrix"]["outputs"][0]["shape"] == "(N, M)"
+
+
+def test_urls_are_refused_instead_of_written_to_a_local_folder(exported, tmp_path, capsys,
+                                                               monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit):
+    export.main(["--bundle", str(exported), "--out", "gs://bucket/bundle"])
+  assert "--out=gs://bucket/bundle: URLs are not supported" in capsys.readouterr().err
+  with pytest.raises(ValueError, match="not URLs"):
+    bundle.save("gs://bucket/bundle", {}, {})
+  proc = subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
+                         "--workdir=gs://bucket/run"], cwd=helpers.REPO, env=helpers.cpu_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "--workdir=gs://bucket/run: URLs are not supported" in proc.stderr
+  assert not list(tmp_path.glob("gs:*")) and not list(helpers.REPO.glob("gs:*"))
