@@ -287,6 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning("preempted at step %d; checkpoint saved", step)
         break
   finally:
+    batches.close()
     latest.wait_until_finished()
     best.wait_until_finished()
     preemption.restore()

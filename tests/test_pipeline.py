@@ -1,5 +1,6 @@
 """Tests for camp_jax.data.pipeline (and reading TFDS-built records through it)."""
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -52,6 +53,25 @@ def test_epoch_visits_every_image_once(data, backend):
       own = [tokenizer.encode(c, vocab) for c in split.captions[5 * image:5 * image + 5]]
       assert any(np.array_equal(row[:length], o) for o in own)
   assert it.get_state()["epoch"] == 1 and it.get_state()["step"] == 0
+
+
+@pytest.mark.parametrize("backend", ["tf", "thread"])
+def test_close_stops_the_stream_and_next_resumes_at_the_same_batch(data, backend):
+  split, vocab = data
+  kwargs = dict(global_batch_size=8, seed=3, process_index=0, process_count=1, backend=backend)
+  reference = _take(pipeline.train_batches(split, vocab, **kwargs), 5)
+  with pipeline.train_batches(split, vocab, **kwargs) as it:
+    first = _take(it, 2)
+    guard, stream = it._guard, weakref.ref(it._stream)  # pylint: disable=protected-access
+    it.close()
+    assert stream() is None, "close() left the stream alive"
+    assert guard._active == 0  # pylint: disable=protected-access
+    assert guard.stopped and guard(0)[0].size == 0  # Calls after close() do no work.
+    rest = _take(it, 3)  # A new stream, from the step after the last batch returned.
+  assert it._stream is None  # pylint: disable=protected-access
+  for got, want in zip(first + rest, reference):
+    np.testing.assert_array_equal(got["images"], want["images"])
+    np.testing.assert_array_equal(got["tokens"], want["tokens"])
 
 
 def test_seeded_and_epochs_differ(data):
