@@ -58,11 +58,8 @@ def main(argv):
   from camp_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                   FLAGS.heartbeat_timeout)
-  try:  # tf.data must not take accelerator memory from JAX.
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-  except ImportError:
-    pass
+  from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.hide_gpus_from_tensorflow()
   from camp_jax import train  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   logging.info("config:\n%s", config)

@@ -251,12 +251,24 @@ class TrainIterator:
     self.close()
 
 
-def _tf_stream(fn, start: int, prefetch: int, num_outputs: int):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def hide_gpus_from_tensorflow() -> None:
+  """Keeps tensorflow (tf.data, summary writers) off the GPUs, whose memory is JAX's.
+
+  Call before anything initialises tensorflow; a no-op without tensorflow.
+  """
   try:
-    tf.config.set_visible_devices([], "GPU")  # tf.data must not take accelerator memory.
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  try:
+    tf.config.set_visible_devices([], "GPU")
   except RuntimeError as e:  # TF was initialised before; its device choice stands.
     logging.warning("could not hide GPUs from tensorflow: %s", e)
+
+
+def _tf_stream(fn, start: int, prefetch: int, num_outputs: int):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  hide_gpus_from_tensorflow()
   dtypes = [tf.float32, tf.int32, tf.int32, tf.bool][:num_outputs]
   ds = tf.data.Dataset.counter(start).map(
       lambda g: tf.numpy_function(lambda x: fn(int(x)), [g], dtypes),
