@@ -127,8 +127,9 @@ def test_eight_devices_match_one(tmp_path, tiny_data_dir):
 
 
 def test_frozen_parameters_get_no_update():
-  params = {"txt_enc": {"w": np.ones(3)}, "fusion": {"fc_1": {"kernel": np.ones(2)},
-                                                     "img_query_fc": {"kernel": np.ones(2)}}}
+  ones = lambda n: np.ones(n, np.float32)
+  params = {"txt_enc": {"w": ones(3)}, "fusion": {"fc_1": {"kernel": ones(2)},
+                                                 "img_query_fc": {"kernel": ones(2)}}}
   config = default.get_config()
   config.optimizer, config.trainable = "sgd", (r"fusion/fc_1/",)
   tx, _ = train.create_optimizer(config, params, steps_per_epoch=10)
