@@ -28,11 +28,18 @@ def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
   return flax.traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
 
 
+def require_local(name: str, path: str | os.PathLike | None) -> None:
+  """Refuses URLs: pathlib would turn gs://b/run into a local folder "gs:/b/run", and what is
+  written there is lost with the machine."""
+  if path and "://" in os.fspath(path):
+    raise ValueError(f"{name}={path}: URLs are not supported; mount the bucket (e.g. gcsfuse, "
+                     "as launch/tpu_pod.sh does) and pass the mounted folder")
+
+
 def save(out: str | os.PathLike, params, model_config: dict, vocab=None,
          extra: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
   """Writes a bundle folder at `out` atomically and returns its path."""
-  if "://" in os.fspath(out):  # pathlib would write to a local folder named "gs:".
-    raise ValueError(f"{out}: bundles are written to local (or mounted) folders, not URLs")
+  require_local("bundle folder", out)
   out = pathlib.Path(out)
   if out.exists() and not overwrite:
     raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")

@@ -228,10 +228,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if args.workdir and not args.out:
     parser.error("--out is required with --workdir")
-  for name in ("workdir", "bundle", "out"):
-    if "://" in (getattr(args, name) or ""):  # pathlib would use a local folder named "gs:".
-      parser.error(f"--{name}={getattr(args, name)}: URLs are not supported; mount the bucket "
-                   "(e.g. gcsfuse) and pass the mounted folder")
+  try:
+    for name in ("workdir", "bundle", "out"):
+      bundle.require_local(f"--{name}", getattr(args, name))
+  except ValueError as e:
+    parser.error(str(e))
   if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
     parser.error(f"--checkpoint is {args.checkpoint!r}, expected best, latest or a step number")
   try:

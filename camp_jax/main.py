@@ -39,21 +39,16 @@ def _quiet_orbax(record) -> bool:
   return "orbax" not in record.pathname or record.levelno >= logging.WARNING
 
 
-def _require_local(name: str, path: str | None):
-  """Refuses URLs: pathlib would turn gs://b/run into a local folder "gs:/b/run" and the run
-  would write there, lost with the machine."""
-  if path and "://" in str(path):
-    raise app.UsageError(
-        f"{name}={path}: URLs are not supported; mount the bucket (gcsfuse, as "
-        "launch/tpu_pod.sh does) and pass the mounted folder")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  for name, path in (("--workdir", FLAGS.workdir), ("--out", FLAGS.out),
-                     ("--bundle", FLAGS.bundle), ("config.init_from", FLAGS.config.init_from)):
-    _require_local(name, path)
+  from camp_jax import bundle  # pylint: disable=g-import-not-at-top
+  try:
+    for name, path in (("--workdir", FLAGS.workdir), ("--out", FLAGS.out),
+                       ("--bundle", FLAGS.bundle), ("config.init_from", FLAGS.config.init_from)):
+      bundle.require_local(name, path)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
   logging.get_absl_handler().addFilter(_quiet_orbax)
   from camp_jax import sharding  # pylint: disable=g-import-not-at-top
   sharding.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,

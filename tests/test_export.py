@@ -155,7 +155,7 @@ def test_urls_are_refused_instead_of_written_to_a_local_folder(exported, tmp_pat
   with pytest.raises(SystemExit):
     export.main(["--bundle", str(exported), "--out", "gs://bucket/bundle"])
   assert "--out=gs://bucket/bundle: URLs are not supported" in capsys.readouterr().err
-  with pytest.raises(ValueError, match="not URLs"):
+  with pytest.raises(ValueError, match="bundle folder=gs://bucket/bundle: URLs are not"):
     bundle.save("gs://bucket/bundle", {}, {})
   proc = subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
                          "--workdir=gs://bucket/run"], cwd=helpers.REPO, env=helpers.cpu_env(),
