@@ -2,13 +2,21 @@ r"""Converts the authors' PyTorch CAMP checkpoints into camp_jax bundles.
 
   python -m camp_jax.convert --from-torch model_best.pth.tar --out BUNDLE [--vocab f30k_vocab.pkl]
 
-CKPT is a `.pth.tar` (`checkpoint['model']` = [img_enc, txt_enc, sim] state dicts, keys
-prefixed `module.`; needs torch, `pip install camp_jax[torch]`) or an `.npz` holding the same
-arrays under `img_enc.*`, `txt_enc.*`, `sim.*` (optionally prefixed `param/`). Every size
-and the model variant are inferred from the parameter shapes.
+CKPT is the release's `.pth.tar` (needs torch, `pip install 'camp_jax[torch]'`) or an `.npz`
+holding the same arrays under `img_enc.*`, `txt_enc.*`, `sim.*` (optionally prefixed `param/`).
+Every size and the model variant are inferred from the parameter shapes.
+
+A `.pth.tar` is read as the release's train.py writes it: {'epoch', 'model', 'best_rsum', 'opt',
+'Eiters'}, `model` the list of the [img_enc, txt_enc, sim] state dicts (keys prefixed `module.`,
+tensors saved from CUDA, loaded on the CPU) and `opt` an easydict.EasyDict (or an
+argparse.Namespace). It is unpickled with torch's weights_only loader: the options become plain
+data in the bundle's model.json (`release_options`); easydict need not be installed, and any
+other global (a function such as os.system) refuses the file without being called.
 """
 import argparse
+import collections
 import pathlib
+import re
 import sys
 
 import jax
@@ -53,8 +61,12 @@ class ConversionError(ValueError):
   """A checkpoint that cannot be converted; the message names the file and the problem."""
 
 
-def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-  """Reads a `.pth.tar` or `.npz` checkpoint into {"img_enc.fc.weight": array, ...}."""
+def read_checkpoint(path: str | pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
+  """Reads a `.pth.tar` or `.npz` checkpoint: ({"img_enc.fc.weight": array, ...}, metadata).
+
+  The metadata holds what a `.pth.tar` carries besides the weights, as plain data:
+  `release_options` (the training options) and `release_checkpoint` (epoch, best_rsum, Eiters).
+  """
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConversionError(f"{path}: no such checkpoint file")
@@ -69,32 +81,89 @@ def read_checkpoint(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if not state:
       raise ConversionError(f"{path}: no parameter arrays (keys img_enc.*, txt_enc.*, sim.*, "
                             f"optionally under param/); found {sorted(arrays)[:8]}")
-    return state
+    return state, {}
   return _read_torch(path)
 
 
-def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
+# What the release's train.py saves: {'epoch', 'model': [img_enc, txt_enc, sim] state dicts,
+# 'best_rsum', 'opt', 'Eiters'}, `opt` an easydict.EasyDict (older VSE-style code: a Namespace).
+CHECKPOINT_KEYS = ("epoch", "model", "best_rsum", "opt", "Eiters")
+OPTION_CLASSES = ("easydict.EasyDict", "argparse.Namespace")
+
+
+class _PlainOptions:
+  """Stands in for the option classes while unpickling: yields an OrderedDict, runs nothing.
+
+  torch's weights_only unpickler fills only exact dicts/OrderedDicts (SETITEMS) and sets
+  attributes (BUILD) on OrderedDicts, so an EasyDict (a dict subclass whose items are also
+  attributes) and a Namespace (attributes only) both arrive as an OrderedDict whose items
+  and `__dict__` hold the options. Neither class needs to be installed, nor is it imported.
+  """
+
+  def __new__(cls, *args, **kwargs):
+    del args, kwargs  # Unpickled data, never used.
+    return collections.OrderedDict()
+
+
+def _read_torch(path: pathlib.Path) -> tuple[dict[str, np.ndarray], dict]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ConversionError(f"{path}: reading .pth.tar checkpoints needs torch "
                           "(pip install 'camp_jax[torch]'), or convert it to .npz") from e
-  import argparse as _argparse  # pylint: disable=g-import-not-at-top,reimported
-  # The release stores its argparse options next to the weights; allow just that class.
-  torch.serialization.add_safe_globals([_argparse.Namespace])
+  # weights_only: tensors, containers and the two option classes only; any other global
+  # (os.system, ...) is refused before it is called. map_location: the release saved from CUDA.
   try:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals([(_PlainOptions, n) for n in OPTION_CLASSES]):
+      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:
-    raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-  model = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-  if not isinstance(model, (list, tuple)) or len(model) != len(STATE_PARTS):
+    found = re.search(r"GLOBAL (\S+)", str(e))
+    if found:
+      raise ConversionError(
+          f"{path}: refusing global {found.group(1)} (nothing was run); a CAMP checkpoint "
+          f"holds tensors, state dicts and options ({' or '.join(OPTION_CLASSES)}) only") from e
+    lines = [l for l in str(e).splitlines() if "WeightsUnpickler error" in l] or [str(e)]
+    raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({lines[0].strip()})") from e
+  if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+    raise ConversionError(f"{path}: expected the release's checkpoint dict with keys "
+                          f"{list(CHECKPOINT_KEYS)}, got {type(checkpoint).__name__}")
+  unexpected = [k for k in checkpoint if k not in CHECKPOINT_KEYS]
+  if unexpected:
+    raise ConversionError(f"{path}: unexpected key {unexpected[0]!r} in the checkpoint (the "
+                          f"release saves {list(CHECKPOINT_KEYS)})")
+  model = checkpoint["model"]
+  if (not isinstance(model, (list, tuple)) or len(model) != len(STATE_PARTS)
+      or not all(isinstance(part, dict) for part in model)):
     raise ConversionError(f"{path}: expected checkpoint['model'] to be the list of "
                           f"{len(STATE_PARTS)} state dicts {list(STATE_PARTS)}")
   state = {}
   for part, part_state in zip(STATE_PARTS, model):
     for key, value in part_state.items():
-      state[f"{part}.{key.removeprefix('module.')}"] = value.detach().cpu().numpy()
-  return state
+      if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+        raise ConversionError(f"{path}: unexpected entry {key!r} in the {part} state dict "
+                              f"(a {type(value).__name__}, not a tensor)")
+      state[f"{part}.{key.removeprefix('module.')}"] = value.detach().cpu().float().numpy()
+  meta = {"release_checkpoint": {k: _plain(checkpoint[k], f"checkpoint[{k!r}]", path)
+                                 for k in ("epoch", "best_rsum", "Eiters") if k in checkpoint}}
+  if checkpoint.get("opt") is not None:
+    meta["release_options"] = _plain(checkpoint["opt"], "checkpoint['opt']", path)
+  return state, meta
+
+
+def _plain(value, where: str, path):
+  """The options as JSON data: numbers, strings, lists and string-keyed dicts, else refused."""
+  if value is None or isinstance(value, (str, bool, int, float)):
+    return value
+  if isinstance(value, (list, tuple)):
+    return [_plain(v, f"{where}[{i}]", path) for i, v in enumerate(value)]
+  if isinstance(value, dict):  # A plain dict, or an option object as _PlainOptions made it.
+    items = {**getattr(value, "__dict__", {}), **value}
+    for key in items:
+      if not isinstance(key, str):
+        raise ConversionError(f"{path}: {where} has a key {key!r} that is not a string")
+    return {k: _plain(v, f"{where}[{k!r}]", path) for k, v in items.items()}
+  raise ConversionError(f"{path}: {where} is a {type(value).__name__}, not plain data "
+                        "(numbers, strings, lists, dicts)")
 
 
 def _shape(state, key, path):
@@ -156,7 +225,7 @@ def convert_state(state: dict[str, np.ndarray], path="checkpoint") -> tuple[dict
 def convert(checkpoint: str | pathlib.Path, out: str | pathlib.Path, vocab_path=None,
             overwrite: bool = False) -> pathlib.Path:
   """Reads a PyTorch checkpoint and writes a bundle; returns the bundle path."""
-  state = read_checkpoint(checkpoint)
+  state, meta = read_checkpoint(checkpoint)
   config, params = convert_state(state, checkpoint)
   vocab = None
   if vocab_path is not None:
@@ -166,7 +235,7 @@ def convert(checkpoint: str | pathlib.Path, out: str | pathlib.Path, vocab_path=
       raise ConversionError(f"{vocab_path}: vocabulary has {len(vocab)} words but the "
                             f"checkpoint's embedding has {config['vocab_size']} rows")
   return bundle.save(out, params, config, vocab, overwrite=overwrite,
-                     extra={"source": str(pathlib.Path(checkpoint).name)})
+                     extra={"source": str(pathlib.Path(checkpoint).name), **meta})
 
 
 def main(argv=None):
