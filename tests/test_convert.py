@@ -3,8 +3,22 @@
 Checkpoints are written in the torch layout from freshly initialised flax parameters, by
 torch's own rule (a layer's `weight*` is (out, in), embeddings and biases as they are), not by
 the converter's table, so the round trip checks the converter's transposes too.
+
+The `.pth.tar` tests (they need torch, which the `test` extra installs) write files in the
+exact layout of the release's train.py from the PyTorch reference fixtures: the dict
+{'epoch', 'model', 'best_rsum', 'opt', 'Eiters'}, `model` the list of three DataParallel state
+dicts (keys `module.*`, storages tagged `cuda:0`), `opt` an EasyDict pickled under the name
+`easydict.EasyDict` from a stand-in module (easydict itself need not be installed).
 """
+import argparse
+import collections
+import contextlib
 import importlib.util
+import json
+import os
+import pickle
+import sys
+import types
 
 import jax
 import numpy as np
@@ -135,3 +149,171 @@ def test_vocabulary_of_the_wrong_size_and_existing_out_are_refused(tmp_path, cap
   before = (out / "params.npz").read_bytes()
   assert convert.main(["--from-torch", str(tmp_path / "ckpt.npz"), "--out", str(out)]) == 1
   assert "exists" in capsys.readouterr().err and (out / "params.npz").read_bytes() == before
+
+
+# The release's .pth.tar ---------------------------------------------------------------------
+
+
+class EasyDict(dict):
+  """easydict.EasyDict as the package defines it: a dict whose items are also attributes."""
+
+  def __init__(self, d=None, **kwargs):
+    super().__init__()
+    for k, v in dict(d or {}, **kwargs).items():
+      setattr(self, k, v)
+
+  def __setattr__(self, name, value):
+    if isinstance(value, (list, tuple)):
+      value = type(value)(EasyDict(x) if isinstance(x, dict) else x for x in value)
+    elif isinstance(value, dict) and not isinstance(value, EasyDict):
+      value = EasyDict(value)
+    super().__setattr__(name, value)
+    super().__setitem__(name, value)
+
+  __setitem__ = __setattr__
+
+
+EasyDict.__module__ = "easydict"  # Pickled as GLOBAL easydict.EasyDict, as in the release.
+
+# The `common` section of a release YAML, as train.py turns it into `opt`.
+RELEASE_OPTIONS = {"model": "CAMP", "data_name": "f30k_precomp", "measure": "gate_fusion_new",
+                   "embed_size": 32, "word_dim": 16, "img_dim": 64, "learning_rate": 2e-4,
+                   "lr_update": 15, "no_imgnorm": True, "max_violation": None,
+                   "resume": "", "ks": [1, 5, 10], "optim": {"name": "adam", "betas": [0.9, 0.999]}}
+
+
+@pytest.fixture(name="torch")
+def _torch():
+  return pytest.importorskip("torch",
+                             reason="the .pth.tar tests need torch: pip install -e '.[test]'")
+
+
+def _easydict_module() -> types.ModuleType:
+  module = types.ModuleType("easydict")
+  module.EasyDict = EasyDict
+  return module
+
+
+@contextlib.contextmanager
+def _release_pickling(torch, monkeypatch):
+  """While saving: `easydict` importable (our stand-in), every storage tagged `cuda:0`."""
+  with monkeypatch.context() as m:
+    m.setitem(sys.modules, "easydict", _easydict_module())
+    m.setattr(torch.serialization, "_package_registry",
+              [(-1, lambda storage: "cuda:0", lambda storage, location: None),
+               *torch.serialization._package_registry])  # pylint: disable=protected-access
+    yield
+
+
+def _save_release(torch, monkeypatch, path, ref, opt, legacy=False, **extra):
+  """torch.save of {'epoch', 'model': [img_enc, txt_enc, sim], 'best_rsum', 'opt', 'Eiters'}."""
+  model = []
+  for part in convert.STATE_PARTS:
+    state = collections.OrderedDict(
+        ("module." + k.removeprefix(f"param/{part}."), torch.from_numpy(v.copy()))
+        for k, v in ref.items() if k.startswith(f"param/{part}."))
+    # pylint: disable-next=protected-access
+    state._metadata = collections.OrderedDict({"": {"version": 1}})  # As state_dict() has it.
+    model.append(state)
+  checkpoint = {"epoch": 11, "model": model, "best_rsum": 512.5, "opt": opt, "Eiters": 4321,
+                **extra}
+  with _release_pickling(torch, monkeypatch):
+    torch.save(checkpoint, path, _use_new_zipfile_serialization=not legacy)
+  assert b"cuda:0" in path.read_bytes(), "the storages were not tagged as saved from CUDA"
+  return path
+
+
+def _fixture(torch_fixture_dir, name):
+  with np.load(torch_fixture_dir / f"camp_{name}_small.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+def _scores(out, ref):
+  predictor = inference.load(out)
+  img_emb = predictor.encode_images(ref["input/images"])
+  return predictor.score_matrix(img_emb, *predictor.encode_captions(ref["input/captions"],
+                                                                    ref["input/lengths"]))
+
+
+@pytest.mark.parametrize("variant,legacy,options", [
+    ("gate_fusion", False, "easydict"), ("cross_attention", False, "easydict"),
+    ("gate_fusion", True, "easydict"), ("cross_attention", True, "namespace"),
+], ids=["gate_fusion-zip", "cross_attention-zip", "gate_fusion-legacy",
+        "cross_attention-legacy-namespace"])
+def test_release_pth_tar_scores_match_the_original_and_the_npz_route(
+    variant, legacy, options, torch, torch_fixture_dir, tmp_path, monkeypatch, capsys):
+  ref = _fixture(torch_fixture_dir, variant)
+  opt = (EasyDict(RELEASE_OPTIONS) if options == "easydict"
+         else argparse.Namespace(**RELEASE_OPTIONS))
+  checkpoint = _save_release(torch, monkeypatch, tmp_path / "model_best.pth.tar", ref, opt, legacy)
+  monkeypatch.setitem(sys.modules, "easydict", None)  # `import easydict` fails from here on.
+  assert convert.main(["--from-torch", str(checkpoint), "--out", str(tmp_path / "pth")]) == 0
+  assert "wrote" in capsys.readouterr().out
+  convert.convert(torch_fixture_dir / f"camp_{variant}_small.npz", tmp_path / "npz")
+
+  config, params, _, meta = bundle.load(tmp_path / "pth")
+  npz_config, npz_params, _, _ = bundle.load(tmp_path / "npz")
+  assert config == npz_config and config["variant"] == variant
+  jax.tree.map(np.testing.assert_array_equal, params, npz_params)
+  assert meta["release_options"] == json.loads(json.dumps(RELEASE_OPTIONS))
+  assert meta["release_checkpoint"] == {"epoch": 11, "best_rsum": 512.5, "Eiters": 4321}
+  assert meta["source"] == "model_best.pth.tar"
+
+  scores = _scores(tmp_path / "pth", ref)
+  np.testing.assert_array_equal(scores, _scores(tmp_path / "npz", ref))
+  np.testing.assert_allclose(scores, ref["output/scores"], atol=1e-5, rtol=0)
+
+
+class _Payload:
+  """Runs `call(*args)` when unpickled by an unrestricted loader."""
+
+  def __init__(self, call, *args):
+    self.call, self.args = call, args
+
+  def __reduce__(self):
+    return self.call, self.args
+
+
+def _payloads(marker):
+  return {"os.system": _Payload(os.system, f"touch {marker}"),
+          "exec": _Payload(exec, f"open({str(marker)!r}, 'w').close()")}
+
+
+@pytest.mark.parametrize("name", ["os.system", "exec"])
+def test_malicious_global_in_the_options_is_refused_without_running(
+    name, torch, torch_fixture_dir, tmp_path, monkeypatch, capsys):
+  control = tmp_path / "control"  # The payload is live: plain pickle runs it.
+  pickle.loads(pickle.dumps(_payloads(control)[name]))
+  assert control.exists()
+  marker = tmp_path / "pwned"
+  opt = EasyDict(RELEASE_OPTIONS, data_name=_payloads(marker)[name])
+  checkpoint = _save_release(torch, monkeypatch, tmp_path / "model_best.pth.tar",
+                             _fixture(torch_fixture_dir, "gate_fusion"), opt)
+  monkeypatch.setitem(sys.modules, "easydict", _easydict_module())  # Worst case: installed.
+  err = _convert_error(tmp_path, checkpoint, capsys)
+  assert not marker.exists(), "the converter ran the pickled payload"
+  global_name = "posix.system" if name == "os.system" and os.name == "posix" else name
+  assert f"refusing global {global_name} (nothing was run)" in err, err
+
+
+def test_unrecognised_release_layouts_are_refused_by_name(torch, torch_fixture_dir, tmp_path,
+                                                         monkeypatch, capsys):
+  ref = _fixture(torch_fixture_dir, "cross_attention")
+  path = tmp_path / "model_best.pth.tar"
+  _save_release(torch, monkeypatch, path, ref, EasyDict(RELEASE_OPTIONS), optimizer={})
+  assert "unexpected key 'optimizer' in the checkpoint" in _convert_error(tmp_path, path, capsys)
+
+  _save_release(torch, monkeypatch, path, ref, EasyDict(RELEASE_OPTIONS, margin=torch.ones(1)))
+  err = _convert_error(tmp_path, path, capsys)
+  assert "checkpoint['opt']['margin'] is a Tensor, not plain data" in err
+
+  other = types.ModuleType("mypkg")
+  other.Config = type("Config", (), {"__module__": "mypkg"})
+  with monkeypatch.context() as m:
+    m.setitem(sys.modules, "mypkg", other)
+    _save_release(torch, monkeypatch, path, ref, other.Config())
+  assert "refusing global mypkg.Config" in _convert_error(tmp_path, path, capsys)
+
+  with _release_pickling(torch, monkeypatch):
+    torch.save({"model": {"img_enc": {}}}, path)
+  assert "the list of 3 state dicts" in _convert_error(tmp_path, path, capsys)
