@@ -7,12 +7,19 @@
 input pipeline position, the model config and the metrics at save time. Orbax writes each
 step to a temporary folder and renames it when complete, so a run killed mid-save (SIGKILL
 included) leaves its previous checkpoints intact. All of orbax lives in this file.
+
+Restores always name where the arrays go (an abstract target with shardings), so a run
+trained on N devices restores on M: resuming takes the train state's shardings on the
+current mesh; `load_params` (eval, export, warm start) puts everything on one local device.
 """
 import os
 import pathlib
 from typing import Any
 
+import flax.traverse_util
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -27,9 +34,9 @@ def manager(directory: str | os.PathLike, keep: int, async_save: bool = True):
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
-def save(mngr, step: int, state, extra: dict, force: bool = False) -> bool:
+def save(mngr, step: int, state, extra: dict) -> bool:
   return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 extra=ocp.args.JsonSave(extra)), force=force)
+                                                 extra=ocp.args.JsonSave(extra)))
 
 
 def _abstract(target):
@@ -73,13 +80,24 @@ def load_params(directory: str | os.PathLike, step: int | None = None) -> tuple[
     raise CheckpointError(f"no checkpoint {'at step ' + str(step) if step else ''} under "
                           f"{directory} (steps: {sorted(mngr.all_steps())})")
   try:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                          extra=ocp.args.JsonRestore()))
+    # The saved layout (one device or a pod) does not matter: every array lands whole on
+    # this process's first device.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    saved = mngr.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          saved)
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), extra=ocp.args.JsonRestore()))
   except Exception as e:
     raise CheckpointError(f"checkpoint {directory / str(step)} failed to restore: {e!r}") from e
   state = restored["state"]
   params = state["params"] if isinstance(state, dict) else state.params
   return params, dict(restored["extra"]), step
+
+
+def is_run(folder: str | os.PathLike) -> bool:
+  """Whether `folder` holds a training run's checkpoints."""
+  return any((pathlib.Path(folder) / sub).is_dir() for sub in ("checkpoints", "best"))
 
 
 def load_trained(workdir: str | os.PathLike, which: str | int = "best"):
@@ -93,8 +111,34 @@ def load_trained(workdir: str | os.PathLike, which: str | int = "best"):
   elif which == "latest":
     directory, step = workdir / "checkpoints", None
   else:
-    directory, step = workdir / "checkpoints", int(which)
+    try:
+      step = int(which)
+    except (TypeError, ValueError):
+      raise ValueError(f"checkpoint {which!r}: expected best, latest or a step number") from None
+    directory = workdir / "checkpoints"
   if not directory.is_dir():
     raise CheckpointError(f"{workdir} has no checkpoints ({directory} is missing)")
   params, extra, _ = load_params(directory, step)
   return extra["model_config"], params, extra.get("vocab_path")
+
+
+def params_from_run(params, workdir: str | os.PathLike, which: str | int = "best"):
+  """Warm start: copies every parameter of another run whose path and shape match.
+
+  The rest keep their fresh values (e.g. stage 2's fusion head on top of stage 1).
+  """
+  _, loaded, _ = load_trained(workdir, which)
+  flat = flax.traverse_util.flatten_dict(params)
+  source = flax.traverse_util.flatten_dict(loaded)
+  copied, fresh = [], []
+  for path, value in flat.items():
+    if path in source and np.shape(source[path]) == np.shape(value):
+      flat[path] = jnp.asarray(source[path], value.dtype)
+      copied.append("/".join(path))
+    else:
+      fresh.append("/".join(path))
+  logging.info("init_from %s: %d parameters copied, fresh: %s", workdir, len(copied), fresh)
+  if not copied:
+    raise ValueError(f"config.init_from={workdir}: no parameter matches this model by name "
+                     "and shape")
+  return flax.traverse_util.unflatten_dict(flat)

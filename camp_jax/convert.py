@@ -1,8 +1,9 @@
 r"""Converts the authors' PyTorch CAMP checkpoints into camp_jax bundles.
 
-  python -m camp_jax.convert --from-torch model_best.pth.tar --out BUNDLE [--vocab f30k_vocab.pkl]
+  python -m camp_jax.convert --from_torch=model_best.pth.tar --out=BUNDLE \
+      [--vocab=vocab/f30k_precomp_vocab.pkl]
 
-CKPT is the release's `.pth.tar` (needs torch, `pip install 'camp_jax[torch]'`) or an `.npz`
+The checkpoint is the release's `.pth.tar` (needs torch, `pip install 'camp_jax[torch]'`) or an `.npz`
 holding the same arrays under `img_enc.*`, `txt_enc.*`, `sim.*` (optionally prefixed `param/`).
 Every size and the model variant are inferred from the parameter shapes.
 
@@ -13,16 +14,15 @@ argparse.Namespace). It is unpickled with torch's weights_only loader: the optio
 data in the bundle's model.json (`release_options`); easydict need not be installed, and any
 other global (a function such as os.system) refuses the file without being called.
 """
-import argparse
 import collections
 import pathlib
 import re
-import sys
 
+from absl import flags
 import jax
 import numpy as np
 
-from camp_jax import bundle, models
+from camp_jax import bundle, cli, models
 from camp_jax.models.camp import PROJECTIONS
 
 STATE_PARTS = ("img_enc", "txt_enc", "sim")
@@ -238,24 +238,21 @@ def convert(checkpoint: str | pathlib.Path, out: str | pathlib.Path, vocab_path=
                      extra={"source": str(pathlib.Path(checkpoint).name), **meta})
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m camp_jax.convert", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--from-torch", required=True, metavar="CKPT",
-                      help=".pth.tar or .npz checkpoint of the original CAMP")
-  parser.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder to write")
-  parser.add_argument("--vocab", metavar="VOCAB", help="vocabulary (.pkl or .json) to include")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
-  args = parser.parse_args(argv)
-  try:
-    out = convert(args.from_torch, args.out, args.vocab, args.overwrite)
-  except (ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+cli.define("out", "overwrite")
+flags.DEFINE_string("from_torch", None, "The release's .pth.tar, or an .npz of the same arrays.")
+flags.DEFINE_string("vocab", None, "Vocabulary (.pkl or .json) to include in the bundle.")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+  del argv
+  if not FLAGS.from_torch or not FLAGS.out:
+    raise ValueError("--from_torch=CHECKPOINT and --out=BUNDLE are required")
+  out = convert(FLAGS.from_torch, FLAGS.out, FLAGS.vocab, FLAGS.overwrite)
   config, _, _, _ = bundle.load(out)
   print(f"wrote {out}: {config}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

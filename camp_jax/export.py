@@ -1,6 +1,6 @@
 r"""Exports a training run (or a bundle) as an inference bundle, optionally with StableHLO.
 
-  python -m camp_jax.export --workdir=RUN --out=BUNDLE [--checkpoint best|latest|STEP] [--stablehlo]
+  python -m camp_jax.export --workdir=RUN --out=BUNDLE [--checkpoint=best|latest|STEP] [--stablehlo]
   python -m camp_jax.export --bundle=IN [--out=BUNDLE] --stablehlo
 
 The bundle is the converter's format (`camp_jax.bundle`), loadable by `camp_jax.inference.load`.
@@ -11,8 +11,8 @@ The bundle is the converter's format (`camp_jax.bundle`), loadable by `camp_jax.
                                                 -> f32[M, T', d], bool[M, T']
   BUNDLE/stablehlo/score_matrix.bin          (params, f32[N, R, d], f32[M, L, d], bool[M, L])
                                                 -> f32[N, M]
-  BUNDLE/stablehlo/shortlist_embeddings.bin  (params, f32[N, R, d], f32[M, L, d], bool[M, L])
-                                                -> f32[N, d], f32[M, d]
+  BUNDLE/stablehlo/image_vectors.bin         (params, f32[N, R, d]) -> f32[N, d]
+  BUNDLE/stablehlo/caption_vectors.bin       (params, f32[M, L, d], bool[M, L]) -> f32[M, d]
   BUNDLE/stablehlo/signatures.json, README.md
 
 `params` is the flat dict of `BUNDLE/params.npz` (`dict(np.load(...))`), passed as the first
@@ -21,19 +21,18 @@ argument, so the artifacts stay small and run with jax and numpy alone:
   exp = jax.export.deserialize(open("BUNDLE/stablehlo/score_matrix.bin", "rb").read())
   scores = exp.call(dict(np.load("BUNDLE/params.npz")), img_emb, cap_emb, cap_mask)
 """
-import argparse
 import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camp_jax import bundle, models
+from camp_jax import bundle, cli, models
 
 ARTIFACT_VERSION = 1
 STABLEHLO_DIR = "stablehlo"
@@ -79,9 +78,8 @@ def _signatures(model_config: dict) -> dict:
                           ["cap_emb", "cap_mask"], t_constraints),
       "score_matrix": (_score_matrix_fn(model), embeddings, ["scores"], ()),
   }
-  if hasattr(model, "shortlist_embeddings"):
-    sigs["shortlist_embeddings"] = (method("shortlist_embeddings"), embeddings,
-                                    ["img_vec", "cap_vec"], ())
+  sigs["image_vectors"] = (method("image_vectors"), embeddings[:1], ["img_vec"], ())
+  sigs["caption_vectors"] = (method("caption_vectors"), embeddings[1:], ["cap_vec"], ())
   return sigs
 
 
@@ -175,12 +173,11 @@ def _write_atomically(out: pathlib.Path, params, model_config, vocab, extra, sta
   return out
 
 
-def export_run(workdir: str | os.PathLike, out: str | os.PathLike, checkpoint: str = "best",
+def export_run(workdir: str | os.PathLike, out: str | os.PathLike, checkpoint="best",
                stablehlo: bool = False, overwrite: bool = False) -> pathlib.Path:
   """Writes the bundle of a training run's checkpoint ("best", "latest" or a step)."""
   from camp_jax import checkpoints  # pylint: disable=g-import-not-at-top  (pulls in orbax)
-  which = int(checkpoint) if str(checkpoint).isdigit() else checkpoint
-  model_config, params, vocab_path = checkpoints.load_trained(workdir, which)
+  model_config, params, vocab_path = checkpoints.load_trained(workdir, checkpoint)
   params = jax.tree.map(np.asarray, params)
   vocab = None
   if vocab_path:
@@ -212,40 +209,26 @@ def export_bundle(bundle_in: str | os.PathLike, out: str | os.PathLike | None = 
                            overwrite)
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m camp_jax.export", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--workdir", metavar="RUN", help="training run folder")
-  source.add_argument("--bundle", metavar="IN", help="existing bundle to export artifacts from")
-  parser.add_argument("--out", metavar="BUNDLE",
-                      help="bundle folder to write (required with --workdir; with --bundle, "
-                           "default: add the artifacts to IN)")
-  parser.add_argument("--checkpoint", default="best", help="best, latest or a step number")
-  parser.add_argument("--stablehlo", action="store_true",
-                      help="also write jax.export artifacts to BUNDLE/stablehlo/")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  args = parser.parse_args(argv)
-  if args.workdir and not args.out:
-    parser.error("--out is required with --workdir")
-  try:
-    for name in ("workdir", "bundle", "out"):
-      bundle.require_local(f"--{name}", getattr(args, name))
-  except ValueError as e:
-    parser.error(str(e))
-  if args.checkpoint not in ("best", "latest") and not args.checkpoint.isdigit():
-    parser.error(f"--checkpoint is {args.checkpoint!r}, expected best, latest or a step number")
-  try:
-    if args.workdir:
-      out = export_run(args.workdir, args.out, args.checkpoint, args.stablehlo, args.overwrite)
-    else:
-      out = export_bundle(args.bundle, args.out, args.stablehlo, args.overwrite)
-  except (FileExistsError, FileNotFoundError, ValueError, RuntimeError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  print(f"wrote {out}" + (f" with {out / STABLEHLO_DIR}" if args.stablehlo else ""))
+cli.define("workdir", "bundle", "out", "checkpoint", "overwrite", "stablehlo")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+  del argv
+  if bool(FLAGS.workdir) == bool(FLAGS.bundle):
+    raise ValueError("give one of --workdir=RUN (a training run) or --bundle=IN")
+  for name in ("workdir", "bundle", "out"):
+    bundle.require_local(f"--{name}", getattr(FLAGS, name))
+  if FLAGS.workdir:
+    if not FLAGS.out:
+      raise ValueError("--out=BUNDLE is required with --workdir")
+    out = export_run(FLAGS.workdir, FLAGS.out, cli.checkpoint_arg(FLAGS.checkpoint),
+                     FLAGS.stablehlo, FLAGS.overwrite)
+  else:
+    out = export_bundle(FLAGS.bundle, FLAGS.out, FLAGS.stablehlo, FLAGS.overwrite)
+  print(f"wrote {out}" + (f" with {out / STABLEHLO_DIR}" if FLAGS.stablehlo else ""))
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -1,53 +1,128 @@
-"""Device mesh, named shardings, global batches, and multi-process start-up.
+"""The device mesh and how arrays lie on it: one convention for training and scoring.
 
-One process runs unchanged. Several processes (a TPU pod slice, a SLURM job, or explicit
---coordinator/--num_processes/--process_id) call `initialize_distributed` before anything
-touches a device; the mesh then spans every device of every process, each process feeds
-its rows of the global batch, and `host_local` gives each process a numpy copy of a
-replicated tree (the params) for host-local evaluation.
+The mesh is 2-D, ("images", "captions"), over every device of every process. CAMP's work is
+the image x caption score matrix, and each device computes one block of it:
+
+  * a training batch is split by rows over "images" (each process feeds the rows of its
+    devices, `host_rows`); inside the step, region embeddings stay split over "images" and
+    word embeddings are regrouped over "captions", so device (i, c) scores image block i
+    against caption block c, and the loss reduces over both axes;
+  * evaluation splits a group of images over all devices (`P(("images", "captions"))`),
+    each scoring them against the same caption chunk.
+
+So any number of devices shares a batch: batch 128 on 256 chips is a 128 x 2 mesh (one
+image against half of the captions per chip), where a 1-D data axis would need 256 rows.
 """
-import os
+import math
 
 import jax
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA = "data"
-# Seconds without heartbeats after which a process counts as dead and the others abort
-# (jax's default is 100). Also bounds the shutdown barrier at exit.
-DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+IMAGES, CAPTIONS = "images", "captions"
+AXES = (IMAGES, CAPTIONS)
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh with a `data` axis over every device of every process (Auto axis type)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (DATA,))
+def mesh_shape(num_devices: int, batch_size: int, spec: str = "") -> tuple[int, int]:
+  """(images, captions) sizes of the mesh for `num_devices` and a global batch.
+
+  Args:
+    num_devices: devices of the mesh.
+    batch_size: rows of the global batch, split over the images axis.
+    spec: config.mesh: "" picks the most images the batch allows (images = gcd(devices,
+      batch), the rest on captions); "IxC" sets both, one of them may be -1 (inferred).
+  """
+  if not spec:
+    images = math.gcd(num_devices, batch_size)
+    return images, num_devices // images
+  try:
+    images, captions = (int(x) for x in spec.lower().split("x"))
+  except ValueError:
+    raise ValueError(f"config.mesh={spec!r}: expected '' (automatic) or 'IxC', e.g. '128x2' "
+                     "or '-1x2'") from None
+  if images == -1 and captions > 0 and num_devices % captions == 0:
+    images = num_devices // captions
+  elif captions == -1 and images > 0 and num_devices % images == 0:
+    captions = num_devices // images
+  if images < 1 or captions < 1 or images * captions != num_devices:
+    raise ValueError(f"config.mesh={spec!r} does not cover the {num_devices} devices "
+                     "(images x captions must equal the device count)")
+  if batch_size % images:
+    raise ValueError(f"config.mesh={spec!r}: the batch of {batch_size} rows cannot be split "
+                     f"over {images} image blocks; pick an images size that divides it")
+  return images, captions
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading axis split over the `data` axis."""
-  return NamedSharding(mesh, P(DATA))
+def make_mesh(shape: tuple[int, int] | None = None, devices=None) -> Mesh:
+  """The ("images", "captions") mesh (Auto axis types); default shape (all devices, 1).
+
+  Devices keep jax's order (process by process), so each process's devices form a
+  contiguous block of rows of any batch split over "images".
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  shape = shape or (devices.size, 1)
+  return Mesh(devices.reshape(shape), AXES)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """This process's share of a batch (numpy) -> global jax.Arrays sharded over `data`."""
-  sharding = data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows split over "images", the same on every "captions" device: a training batch."""
+  return NamedSharding(mesh, P(IMAGES))
+
+
+def caption_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows split over "captions": the caption side of the training score matrix."""
+  return NamedSharding(mesh, P(CAPTIONS))
+
+
+def flat_sharding(mesh: Mesh) -> NamedSharding:
+  """Rows split over every device: image groups in evaluation."""
+  return NamedSharding(mesh, P(mesh.axis_names))
+
+
+def host_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
+  """[start, stop) of the rows of a (global_rows, ...) array that this process's devices hold.
+
+  Several processes hold the same rows when the captions axis spans processes.
+  """
+  spans = {(s.start or 0, global_rows if s.stop is None else s.stop)
+           for s, *_ in sharding.addressable_devices_indices_map((global_rows,)).values()}
+  start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+  covered = sorted(spans)
+  if any(b < a2 for (_, b), (a2, _) in zip(covered, covered[1:])):
+    raise ValueError(f"the devices of process {jax.process_index()} hold rows {covered} of "
+                     "the batch, which are not contiguous; build the mesh with make_mesh")
+  return start, stop
+
+
+def global_batch(local_batch: dict, mesh: Mesh, global_rows: int) -> dict:
+  """This process's rows (`host_rows`) of a batch (numpy) -> global arrays split over "images"."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v),
+                                                    (global_rows,) + np.shape(v)[1:])
           for k, v in local_batch.items()}
+
+
+def put_global(tree, sharding: NamedSharding):
+  """Host values that every process holds in full -> global arrays with `sharding`."""
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+      return x
+    x = np.asarray(host_local(x))
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
 
 
 def host_local(tree):
   """A tree of fully replicated arrays as this process's own copy (numpy).
 
   On several processes a replicated global array spans devices this process cannot
-  address, so it cannot be fed to host-local computations (evaluation on the local
-  devices); every process holds the full value on its first local shard. Arrays of one
-  process are returned unchanged.
+  address, so it cannot be fed to host-local computations (the encoders in evaluation);
+  every process holds the full value on its first local shard. Arrays of one process are
+  returned unchanged.
   """
   def local(x):
     if not isinstance(x, jax.Array) or x.is_fully_addressable:
@@ -57,70 +132,3 @@ def host_local(tree):
                        "processes; host_local needs replicated arrays")
     return np.asarray(x.addressable_data(0))
   return jax.tree.map(local, tree)
-
-
-def is_primary() -> bool:
-  """Whether this process writes files that all processes share (eval JSON, tables)."""
-  return jax.process_index() == 0
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any of them (a collective: all call it)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
-
-
-def _env_says_multiprocess() -> bool:
-  """A SLURM step of several tasks, a multi-host TPU slice, or CAMP_DISTRIBUTED=1."""
-  if os.environ.get("CAMP_DISTRIBUTED", "") not in ("", "0"):
-    return True
-  # Inside `srun` (SLURM_STEP_* are set per step); an sbatch script itself is one process.
-  if "SLURM_STEP_NODELIST" in os.environ and int(os.environ.get("SLURM_STEP_NUM_TASKS",
-                                                                 os.environ.get("SLURM_NTASKS",
-                                                                                "1"))) > 1:
-    return True
-  hosts = os.environ.get("TPU_PROCESS_ADDRESSES") or os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return "," in hosts
-
-
-def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None,
-                           heartbeat_timeout_s: int | None = None) -> bool:
-  """Starts jax.distributed when this is one of several processes; returns whether it did.
-
-  Explicit arguments win; otherwise a SLURM step or a TPU pod slice is detected from the
-  environment and jax reads the details itself (on a TPU VM pod, whose environment does
-  not always say so, set CAMP_DISTRIBUTED=1). A single process runs unchanged.
-
-  `heartbeat_timeout_s` (default: $CAMP_HEARTBEAT_TIMEOUT_S, else 60) bounds how long the
-  other processes wait for a process that died: after it, the coordination service
-  reports the missing process and every survivor aborts with an error instead of hanging
-  in a collective. It also bounds the barrier at exit.
-  """
-  if jax.distributed.is_initialized():
-    return True
-  explicit = coordinator is not None or (num_processes or 1) > 1
-  if not (explicit or _env_says_multiprocess()):
-    return False
-  if explicit and None in (coordinator, num_processes, process_id):
-    raise ValueError("a multi-process run needs --coordinator, --num_processes and "
-                     f"--process_id together (got {coordinator}, {num_processes}, "
-                     f"{process_id})")
-  if heartbeat_timeout_s is None:
-    heartbeat_timeout_s = int(os.environ.get("CAMP_HEARTBEAT_TIMEOUT_S",
-                                             DEFAULT_HEARTBEAT_TIMEOUT_S))
-  kwargs = dict(heartbeat_timeout_seconds=heartbeat_timeout_s,
-                shutdown_timeout_seconds=heartbeat_timeout_s)
-  if explicit:
-    kwargs.update(coordinator_address=coordinator, num_processes=num_processes,
-                  process_id=process_id)
-  # CPU processes talk through gloo (jax's default; set explicitly so an environment
-  # variable cannot leave CPU collectives off). No effect on TPU and GPU.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
-  logging.info("jax.distributed: process %d of %d, %d local / %d global devices, heartbeat "
-               "timeout %d s", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), heartbeat_timeout_s)
-  return True

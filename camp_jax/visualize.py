@@ -1,7 +1,7 @@
 r"""Attention pictures: what CAMP looked at when it scored one image against one caption.
 
-  python -m camp_jax.visualize --bundle BUNDLE --split DIR [--split-name test] --image I --caption J --out FILE.png
-  python -m camp_jax.visualize --bundle BUNDLE --split DIR --image I --text "a red cube on the left" --out FILE.png
+  python -m camp_jax.visualize --bundle=B --data_dir=DIR [--split=test] --image=I --caption=J --out=FILE.png
+  python -m camp_jax.visualize --bundle=B --data_dir=DIR --image=I --text="a red cube on the left" --out=FILE.png
 
 The figure shows, with the caption's words as rows and the image's regions as columns:
   * word -> regions: how each word spreads its attention over the regions (rows sum to 1);
@@ -10,23 +10,16 @@ The figure shows, with the caption's words as rows and the image's regions as co
     and the attention-pooling weight (how much it counts in the final vector);
   * the score in the title.
 """
-import argparse
-import functools
 import os
 import pathlib
 import sys
 import textwrap
 
-import jax
+from absl import flags
 import numpy as np
 
-from camp_jax import inference
+from camp_jax import cli, inference
 from camp_jax.data import precomp, tokenizer
-
-
-@functools.lru_cache(maxsize=None)
-def _explain_fn(model):
-  return jax.jit(lambda variables, *args: model.apply(variables, *args, method="explain_pair"))
 
 
 def caption_words(caption: str, vocab) -> tuple[np.ndarray, list[str]]:
@@ -54,15 +47,14 @@ def explain(predictor: inference.Predictor, features: np.ndarray, caption: str) 
     raise ValueError("the bundle has no vocab.json; the caption cannot be read without it")
   if not tokenizer.tokenize(caption):
     raise ValueError(f"empty caption {caption!r}")
-  if not hasattr(predictor.model, "explain_pair"):
+  if not predictor.model.PAIRWISE:
     raise ValueError(f"model {predictor.model_config.get('name')!r} has no attention to draw "
                      "(expected a CAMP bundle)")
   ids, labels = caption_words(caption, predictor.vocab)
   img_emb = predictor.encode_images(np.asarray(features, np.float32)[None])[0]
   cap_emb, mask = predictor.encode_captions(ids[None], np.array([len(ids)], np.int32))
-  out = _explain_fn(predictor.model)(predictor.variables, img_emb, cap_emb[0], mask[0])
+  out = predictor.explain_pair(img_emb, cap_emb[0], mask[0])
   n = len(ids)  # Drop padding slots (the stage-1 model pads to a fixed number).
-  out = {k: np.asarray(v) for k, v in out.items()}
   for key in ("word_attends_regions", "word_gate", "word_pooling"):
     if key in out:
       out[key] = out[key][:n]
@@ -200,47 +192,43 @@ def render(predictor, features: np.ndarray, caption: str, out: str | os.PathLike
   return explanation
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m camp_jax.visualize", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--bundle", required=True, help="inference bundle folder")
-  parser.add_argument("--split", required=True, metavar="DIR", help="precomp folder")
-  parser.add_argument("--split-name", default="test", help="split in DIR (default: test)")
-  parser.add_argument("--image", type=int, required=True, help="image index in the split")
-  which = parser.add_mutually_exclusive_group(required=True)
-  which.add_argument("--caption", type=int, help="caption index (line) in the split")
-  which.add_argument("--text", help="a caption of your own instead of --caption")
-  parser.add_argument("--out", required=True, help="image file to write, e.g. pair.png")
-  args = parser.parse_args(argv)
-  try:
-    predictor = inference.load(args.bundle)
-    from camp_jax.search import check_feature_size  # pylint: disable=g-import-not-at-top
-    check_feature_size(pathlib.Path(args.split) / f"{args.split_name}_ims.npy",
-                       predictor.model_config["img_dim"])
-    split = precomp.read_split(args.split, args.split_name, check_finite=False)
-    if not 0 <= args.image < split.num_images:
-      raise IndexError(f"--image {args.image} is outside [0, {split.num_images}) for "
-                       f"{args.split}/{args.split_name}")
-    if args.text is not None:
-      caption, title = args.text, f"image {args.image}, your caption"
-    else:
-      if not 0 <= args.caption < split.num_captions:
-        raise IndexError(f"--caption {args.caption} is outside [0, {split.num_captions}) for "
-                         f"{args.split}/{args.split_name}")
-      caption = split.captions[args.caption]
-      owner = split.caption_image(args.caption)
-      title = (f"image {args.image}, caption {args.caption} "
-               + ("(its own caption)" if owner == args.image else f"(a caption of image {owner})"))
-    explanation = render(predictor, split.images[args.image], caption, args.out, title)
-  except (FileNotFoundError, ValueError, IndexError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+cli.define("bundle", "data_dir", "split", "image", "out")
+flags.DEFINE_integer("caption", None, "Caption (line of {split}_caps.txt) to pair with --image.")
+flags.DEFINE_string("text", None, "A caption of your own instead of --caption.")
+FLAGS = flags.FLAGS
+
+
+def main(argv) -> int:
+  del argv
+  if not (FLAGS.bundle and FLAGS.data_dir and FLAGS.out) or FLAGS.image is None:
+    raise ValueError("--bundle, --data_dir, --image and --out are required")
+  if (FLAGS.caption is None) == (FLAGS.text is None):
+    raise ValueError("give one of --caption=INDEX or --text=SENTENCE")
+  split_name = FLAGS.split or "test"
+  predictor = inference.load(FLAGS.bundle)
+  precomp.check_feature_file(pathlib.Path(FLAGS.data_dir) / f"{split_name}_ims.npy",
+                             predictor.model_config["img_dim"])
+  split = precomp.read_split(FLAGS.data_dir, split_name, check_finite=False)
+  where = f"{FLAGS.data_dir}/{split_name}"
+  if not 0 <= FLAGS.image < split.num_images:
+    raise IndexError(f"--image={FLAGS.image} is outside [0, {split.num_images}) for {where}")
+  if FLAGS.text is not None:
+    caption, title = FLAGS.text, f"image {FLAGS.image}, your caption"
+  else:
+    if not 0 <= FLAGS.caption < split.num_captions:
+      raise IndexError(f"--caption={FLAGS.caption} is outside [0, {split.num_captions}) for "
+                       f"{where}")
+    caption = split.captions[FLAGS.caption]
+    owner = FLAGS.caption // split.captions_per_image
+    title = (f"image {FLAGS.image}, caption {FLAGS.caption} "
+             + ("(its own caption)" if owner == FLAGS.image else f"(a caption of image {owner})"))
+  explanation = render(predictor, split.images[FLAGS.image], caption, FLAGS.out, title)
   unknown = tokenizer.unknown_words(caption, predictor.vocab)
   if unknown:
     print(f"warning: unknown words mapped to <unk>: {', '.join(unknown)}", file=sys.stderr)
-  print(f"wrote {args.out} (score {float(explanation['score']):.4f})")
+  print(f"wrote {FLAGS.out} (score {float(explanation['score']):.4f})")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -14,6 +14,10 @@ Every other config starts from this one and changes what differs.
 """
 import ml_collections
 
+# What stage 2 trains: the fusion FCs, the score head and the pooling layers. Everything
+# else (encoders, embeddings, attention projections) stays as stage 1 left it.
+STAGE2_TRAINABLE = (r"fusion/fc_1/", r"fusion/fc_2/", r"fusion/fc_out/", r"fusion/final_reduce_")
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -37,11 +41,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.pad_words_to = 0             # 50 reproduces the original stage-1 scores; 0: none
   c.model.pool_heads = 4
   c.model.dropout_rate = 0.0
+  c.model.dtype = "float32"            # bfloat16: matrix products in bf16 (params, optimizer
+                                       # state, softmax and reductions stay float32)
 
   c.loss = "hardest_negative_bce"      # or max_violation_hinge (VSE++)
   c.shortlist_loss_weight = 1.0        # VSE++ term aligning the search shortlist embeddings
   c.fast_scoring = True                # hoisted exact scoring in the train step
-  c.train_caption_chunk = 0            # >0: score the batch in caption blocks (less memory)
+  c.train_caption_chunk = 0            # >0: each device scores its captions in blocks of this
+                                       # many, recomputed in the backward pass (less memory)
+  c.mesh = ""                          # devices as "IxC" (images x captions) sharing the
+                                       # batch's pairs; "": as many image blocks as divide it
   c.optimizer = "adam"                 # adam | sgd
   c.learning_rate = 0.002
   c.scale_lr_by_batch = True           # lr x 128 / batch_size, as the release
@@ -63,11 +72,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
   c.checkpoint_fallback = False        # restore an older checkpoint if the latest is damaged
+  c.preemption_sync_steps = 20         # several processes agree on a SIGTERM every N steps
 
   if arg == "stage2":  # The full CAMP on top of the default (stage-1) run.
     c.model.variant = "gate_fusion"
     c.init_from = "runs/default"
-    c.trainable = (r"fusion/fc_1/", r"fusion/fc_2/", r"fusion/fc_out/", r"fusion/final_reduce_")
+    c.trainable = STAGE2_TRAINABLE
     c.shortlist_loss_weight = 0.0
     c.num_epochs = 4
   elif arg == "tiny":  # For tests and smoke runs: seconds, not minutes.

@@ -13,9 +13,6 @@ stage 3 fine-tunes everything (SGD).
 """
 from configs import default
 
-# What stage 2 trains; everything else (encoders, embeddings, attention projections) is frozen.
-STAGE2_TRAINABLE = (r"fusion/fc_1/", r"fusion/fc_2/", r"fusion/fc_out/", r"fusion/final_reduce_")
-
 
 def get_config(arg: str = "stage1"):
   stage, _, size = (arg or "stage1").partition(",")
@@ -42,7 +39,7 @@ def get_config(arg: str = "stage1"):
     c.optimizer, c.learning_rate, c.batch_size = "sgd", 0.01, 128
     c.momentum, c.nesterov, c.weight_decay = 0.9, True, 1e-4
     c.lr_update = 45 if stage == "stage2" else 50
-    c.trainable = STAGE2_TRAINABLE if stage == "stage2" else ()
+    c.trainable = default.STAGE2_TRAINABLE if stage == "stage2" else ()
     c.init_from = "runs/f30k_s1" if stage == "stage2" else "runs/f30k_s2"
   else:
     raise ValueError(f"configs/flickr30k.py: unknown stage {stage!r}; expected stage1|2|3")

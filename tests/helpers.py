@@ -3,6 +3,9 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
+
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_EPOCHS = 3  # 8 steps an epoch on the tiny config; checkpoints every 4 steps.
@@ -27,3 +30,25 @@ def run_tiny(workdir, data_dir, *flags) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The steps saved under <workdir>/checkpoints, oldest first."""
+  folder = pathlib.Path(workdir) / "checkpoints"
+  if not folder.is_dir():
+    return []
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def wait_for_checkpoint(proc, workdir, min_step: int, timeout: float = 300):
+  """Waits until a running training process has saved a checkpoint >= `min_step`."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      pytest.fail(f"run ended (code {proc.returncode}) before checkpoint {min_step}: "
+                  f"{proc.stderr.read()[-3000:] if proc.stderr else ''}")
+    if any(s >= min_step for s in checkpoint_steps(workdir)):
+      return
+    time.sleep(0.2)
+  proc.kill()
+  pytest.fail(f"no checkpoint >= {min_step} within {timeout} s")

@@ -20,15 +20,15 @@ def _load(bundle, name):
 
 def main(bundle, inputs, out):
   params = dict(np.load(f"{bundle}/params.npz"))
-  enc_img, enc_cap, score, vectors = (_load(bundle, n) for n in (
-      "encode_images", "encode_captions", "score_matrix", "shortlist_embeddings"))
+  enc_img, enc_cap, score, img_vectors, cap_vectors = (_load(bundle, n) for n in (
+      "encode_images", "encode_captions", "score_matrix", "image_vectors", "caption_vectors"))
   z = np.load(inputs)
   results = {}
   for case in sorted({k.rsplit("_", 1)[0] for k in z.files}):
     img = enc_img.call(params, z[f"{case}_images"])
     cap, mask = enc_cap.call(params, z[f"{case}_tokens"], z[f"{case}_lengths"])
     results[case] = np.asarray(score.call(params, img, cap, mask))
-    img_vec, cap_vec = vectors.call(params, img, cap, mask)
+    img_vec, cap_vec = img_vectors.call(params, img), cap_vectors.call(params, cap, mask)
     results[f"{case}_vec"] = np.asarray(img_vec @ cap_vec.T)
   imported = sorted(m for m in sys.modules if m.split(".")[0] in ("camp_jax", "flax"))
   if imported:

@@ -7,7 +7,6 @@ import pytest
 from camp_jax import losses, models
 from camp_jax.models.encoders import GRU, reverse_within_length
 
-jax.config.update("jax_enable_x64", False)
 
 TINY = dict(vocab_size=20, word_dim=6, embed_dim=8, img_dim=10)
 

@@ -3,16 +3,20 @@
 The scenario, as a pod user would meet it, on one machine:
   1. one process with 8 simulated CPU devices trains the tiny config for 2 epochs;
   2. two processes with 4 devices each (a local coordinator, gloo collectives) start the
-     same run; process 1 is SIGKILLed after the checkpoint of step 4, and process 0 must
-     abort by itself within the heartbeat bound, naming the failure;
+     same run on a 1 x 8 (images x captions) mesh, whose captions axis spans both processes,
+     so both feed the same rows of every batch; process 1 is SIGKILLed after the checkpoint
+     of step 4, and process 0 must abort by itself within the heartbeat bound, naming the
+     failure;
   3. both processes are restarted, resume from the checkpoint, train, evaluate the best
-     dev checkpoint on test; the losses and recalls must equal those of step 1.
+     dev checkpoint on test, each scoring half of the pairs; the losses and recalls must
+     equal those of step 1.
 Every process runs in its own session and is killed (with its group) whatever happens.
 About 3-4 minutes on 2 CPU cores, most of it compilation.
 """
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import struct
@@ -49,7 +53,8 @@ def _start(workdir, data_dir, log, devices, *flags) -> subprocess.Popen:
 def _start_pair(workdir, data_dir, logs) -> list[subprocess.Popen]:
   coordinator = f"localhost:{_free_port()}"
   return [_start(workdir, data_dir, logs / f"process{i}.log", 4, f"--coordinator={coordinator}",
-                 "--num_processes=2", f"--process_id={i}", f"--heartbeat_timeout={HEARTBEAT_S}")
+                 "--num_processes=2", f"--process_id={i}", f"--heartbeat_timeout={HEARTBEAT_S}",
+                 "--config.mesh=1x8")
           for i in range(2)]
 
 
@@ -181,3 +186,7 @@ def test_two_processes_resume_and_match_one_process(single, pair):
   assert _scalars(workdir, "dev/rsum") == pytest.approx(_scalars(single, "dev/rsum"), abs=1e-6)
   # Only process 0 printed the table.
   assert "R@1" in pair["resumed_logs"][0] and "R@1" not in pair["resumed_logs"][1]
+  # The test evaluation (the last one): each process scored half of the 40 x 200 pairs.
+  scored = [re.findall(r"process (\d) scored (\d+) of (\d+) pairs", log)[-1]
+            for log in pair["resumed_logs"]]
+  assert scored == [("0", "4000", "8000"), ("1", "4000", "8000")], scored

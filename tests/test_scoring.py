@@ -20,9 +20,9 @@ CASES = {"gate_fusion": dict(variant="gate_fusion"),
          "stage1_padded": dict(variant="cross_attention", pad_words_to=24)}
 
 
-def _setup(case, n_img=7, n_cap=13, seed=0):
+def _setup(case, n_img=7, n_cap=13, seed=0, dtype="float32"):
   """A model with scaled-up random params (scores spread out) and its embeddings."""
-  model = models.build({**TINY, **CASES[case]})
+  model = models.build({**TINY, **CASES[case], "dtype": dtype})
   rng = np.random.default_rng(seed)
   images = rng.normal(size=(n_img, REGIONS, TINY["img_dim"])).astype(np.float32)
   lengths = rng.integers(1, WORDS + 1, size=n_cap).astype(np.int32)
@@ -41,7 +41,9 @@ def _reference(model, params, img_emb, cap_emb, cap_mask):
   return model.apply({"params": params}, img_emb, cap_emb, cap_mask, method="score_matrix")
 
 
-_fast = jax.jit(scoring.fast_score_matrix, static_argnums=0, static_argnames="compute_dtype")
+@functools.partial(jax.jit, static_argnums=0)
+def _fast(model, params, img_emb, cap_emb, cap_mask):
+  return model.apply({"params": params}, img_emb, cap_emb, cap_mask, method="fast_score_matrix")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -80,7 +82,8 @@ def test_driver_buckets_odd_tiles_single_caption(case):
 def test_bfloat16_close_to_float32():
   model, params, img_emb, cap_emb, cap_mask = _setup("gate_fusion")
   f32 = _fast(model, params, img_emb, cap_emb, cap_mask)
-  bf16 = _fast(model, params, img_emb, cap_emb, cap_mask, compute_dtype=jnp.bfloat16)
+  bf16_model = models.build({**TINY, **CASES["gate_fusion"], "dtype": "bfloat16"})
+  bf16 = _fast(bf16_model, params, img_emb, cap_emb, cap_mask)
   assert bf16.dtype == jnp.float32
   np.testing.assert_allclose(bf16, f32, atol=3e-2, rtol=0)
 
@@ -96,7 +99,7 @@ def test_loss_gradients_match_reference(case):
     return losses.hardest_negative_bce(squash(score_fn(params, img_emb, cap_emb, cap_mask)))
 
   ref_fn = lambda p, i, c, m: model.apply({"params": p}, i, c, m, method="score_matrix")
-  fast_fn = lambda p, i, c, m: scoring.fast_score_matrix(model, p, i, c, m)
+  fast_fn = lambda p, i, c, m: model.apply({"params": p}, i, c, m, method="fast_score_matrix")
   grad = lambda fn: jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2)))(
       params, img_emb, cap_emb)
   ref, fast = grad(ref_fn), grad(fast_fn)

@@ -3,11 +3,9 @@
 Runs go through `python -m camp_jax.main` in subprocesses, as a user would start them.
 """
 import json
-import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -16,27 +14,8 @@ import pytest
 
 from camp_jax import train
 from configs import default
-from tests.helpers import REPO, TINY_EPOCHS, cpu_env, run_tiny, tiny_main
-
-
-def _steps(workdir) -> list[int]:
-  folder = pathlib.Path(workdir) / "checkpoints"
-  if not folder.is_dir():
-    return []
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-
-
-def _wait_for_checkpoint(proc, workdir, min_step: int, timeout: float = 300):
-  deadline = time.time() + timeout
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      pytest.fail(f"run ended (code {proc.returncode}) before checkpoint {min_step}: "
-                  f"{proc.stderr.read()[-3000:]}")
-    if any(s >= min_step for s in _steps(workdir)):
-      return
-    time.sleep(0.2)
-  proc.kill()
-  pytest.fail(f"no checkpoint >= {min_step} within {timeout} s")
+from tests.helpers import (REPO, TINY_EPOCHS, checkpoint_steps, cpu_env, run_tiny, tiny_main,
+                           wait_for_checkpoint)
 
 
 def test_default_run_trains_evaluates_and_writes_metrics(tiny_run):
@@ -47,7 +26,7 @@ def test_default_run_trains_evaluates_and_writes_metrics(tiny_run):
     assert key in metrics
   assert metrics["n_images"] == 40 and metrics["n_captions"] == 200
   assert "R@1" in stdout and "rsum" in stdout
-  assert list((workdir / "best").iterdir()) and _steps(workdir)[-1] == 8 * TINY_EPOCHS
+  assert list((workdir / "best").iterdir()) and checkpoint_steps(workdir)[-1] == 8 * TINY_EPOCHS
   assert list(workdir.glob("events.out.tfevents.*"))  # TensorBoard summaries
 
 
@@ -56,7 +35,7 @@ def test_resume_after_sigkill_reaches_the_same_metrics(tiny_run, tmp_path, tiny_
   proc = subprocess.Popen(tiny_main(workdir, tiny_data_dir), cwd=REPO, env=cpu_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    _wait_for_checkpoint(proc, workdir, min_step=8)
+    wait_for_checkpoint(proc, workdir, min_step=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
   finally:
@@ -77,7 +56,7 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, tiny_data_dir):
   proc = subprocess.Popen(tiny_main(workdir, tiny_data_dir, *flags), cwd=REPO, env=cpu_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    _wait_for_checkpoint(proc, workdir, min_step=8)  # the end of epoch 1
+    wait_for_checkpoint(proc, workdir, min_step=8)  # the end of epoch 1
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
   finally:
@@ -85,45 +64,51 @@ def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, tiny_data_dir):
   assert proc.returncode == 0, stderr[-3000:]
   assert "preempted at step" in stderr
   step = int(stderr.split("preempted at step")[1].split(";")[0])
-  assert _steps(workdir)[-1] == step
+  assert checkpoint_steps(workdir)[-1] == step
 
 
-MULTI_DEVICE_STEP = r"""
+MESH_SHAPES = r"""
 import sys, jax, numpy as np
-from camp_jax import train, models, sharding, bundle
-from camp_jax.data import inputs, pipeline
+from camp_jax import data, models, sharding, train
 from configs import default
 c = default.get_config("tiny"); c.data.dir = sys.argv[1]
-data = inputs.load(c.data); split = data.split("train")
-cfg = train.model_config(c, len(data.vocab), split.feature_dim); model = models.build(cfg)
-mesh = sharding.make_mesh()
-state, tx, schedule = train.create_train_state(c, model, cfg, 8, mesh)
-step = train.make_train_step(model, tx, schedule, c, mesh)
-batches = pipeline.train_batches(split, data.vocab, global_batch_size=c.batch_size, seed=0)
-for _ in range(2):
-  state, aux = step(state, sharding.global_batch(next(batches), mesh))
-flat = bundle.flatten_params(jax.device_get(state.params))
-np.savez(sys.argv[2], loss=np.float32(aux["loss"]), devices=jax.device_count(), **flat)
+c.model.variant, c.train_caption_chunk = "gate_fusion", 2
+vocab, split = data.load_vocab(c.data), data.load_split(c.data, "train")
+cfg = models.model_config(c, len(vocab), split.feature_dim); model = models.build(cfg)
+batch = train_batch = None
+from camp_jax.data import pipeline
+with pipeline.train_batches(split, vocab, global_batch_size=c.batch_size, seed=0) as it:
+  batch = next(it)
+out = {}
+for name, shape, devices in [("1", (1, 1), jax.devices()[:1]), ("8x1", (8, 1), None),
+                             ("4x2", (4, 2), None), ("2x4", (2, 4), None), ("1x8", (1, 8), None)]:
+  mesh = sharding.make_mesh(shape, devices)
+  state, tx, schedule = train.create_train_state(c, model, cfg, 8, mesh)
+  loss = jax.jit(jax.value_and_grad(lambda p, b: train.loss_fn(p, b, jax.random.key(0),
+      model=model, config=c, mesh=mesh)[0]))
+  value, grads = loss(state.params, sharding.global_batch(batch, mesh, c.batch_size))
+  out[f"{name}/loss"] = np.float32(value)
+  for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(grads)):
+    out[f"{name}/{jax.tree_util.keystr(k)}"] = v
+np.savez(sys.argv[2], **out)
 """
 
 
-def test_eight_devices_match_one(tmp_path, tiny_data_dir):
-  results = {}
-  for devices in (1, 8):
-    out = tmp_path / f"{devices}.npz"
-    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_STEP, str(tiny_data_dir), str(out)],
-                          cwd=REPO, env=cpu_env(devices), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results[devices] = dict(np.load(out))
-  assert results[8]["devices"] == 8 and results[1]["devices"] == 1
-  np.testing.assert_allclose(results[8]["loss"], results[1]["loss"], rtol=1e-5)
-  for key, value in results[1].items():
-    if key in ("devices", "loss"):
-      continue
-    # Adam divides by sqrt(v): reduction-order noise of ~1e-7 in a tiny gradient can move an
-    # update by a few 1e-6, so the tolerance is absolute, far below the 2e-3 step size.
-    np.testing.assert_allclose(results[8][key], value, rtol=1e-4, atol=5e-5, err_msg=key)
+def test_mesh_shapes_give_the_same_loss_and_gradients(tmp_path, tiny_data_dir):
+  """One device and the 8x1, 4x2, 2x4 and 1x8 (images x captions) meshes of 8 devices."""
+  out = tmp_path / "grads.npz"
+  proc = subprocess.run([sys.executable, "-c", MESH_SHAPES, str(tiny_data_dir), str(out)],
+                        cwd=REPO, env=cpu_env(8), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  got = dict(np.load(out))
+  names = sorted({k.split("/")[0] for k in got})
+  assert names == ["1", "1x8", "2x4", "4x2", "8x1"]
+  reference = {k.split("/", 1)[1]: v for k, v in got.items() if k.startswith("1/")}
+  scale = max(float(np.abs(v).max()) for k, v in reference.items() if k != "loss")
+  for name in names[1:]:
+    for key, value in reference.items():
+      np.testing.assert_allclose(got[f"{name}/{key}"], value, rtol=1e-5, atol=1e-5 * scale,
+                                 err_msg=f"mesh {name}: {key}")
 
 
 def test_frozen_parameters_get_no_update():
@@ -160,7 +145,7 @@ def test_frozen_parameters_are_left_out_of_the_gradient_norm():
   expected = np.linalg.norm(np.asarray(grads["fusion"]["fc_1"]["kernel"]))
   before = jax.device_get(state.params)
   state, aux = train.make_train_step(model, tx, schedule, config, mesh)(
-      state, sharding.global_batch(batch, mesh))
+      state, sharding.global_batch(batch, mesh, 4))
   assert float(aux["grad_norm"]) == pytest.approx(expected, rel=1e-5)
   assert float(optax.tree.norm(grads)) > 1.01 * expected  # The encoders do get gradients.
   after = jax.device_get(state.params)
@@ -208,7 +193,7 @@ def test_caption_chunked_loss_matches_whole_batch_scores_and_gradients():
   cap_emb, cap_mask = model.apply({"params": params}, tokens, lengths, method="encode_captions")
 
   def loss(p, chunk):
-    fn = lambda *a: scoring.fast_score_matrix(model, p, *a)
+    fn = lambda *a: model.apply({"params": p}, *a, method="fast_score_matrix")
     return losses.hardest_negative_bce(scoring.caption_chunked(fn, img_emb, cap_emb, cap_mask,
                                                                chunk))
 
@@ -219,3 +204,27 @@ def test_caption_chunked_loss_matches_whole_batch_scores_and_gradients():
                grads_chunked, grads_whole)
   with pytest.raises(ValueError, match="does not divide"):
     loss(params, 3)
+
+
+def test_bfloat16_step_loss_is_within_two_percent_of_float32(tiny_data_dir):
+  from camp_jax import data, models, sharding  # pylint: disable=g-import-not-at-top
+  from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config = default.get_config("tiny")
+  config.data.dir = str(tiny_data_dir)
+  vocab, split = data.load_vocab(config.data), data.load_split(config.data, "train")
+  with pipeline.train_batches(split, vocab, global_batch_size=config.batch_size, seed=0) as it:
+    batch = next(it)
+  mesh = sharding.make_mesh()
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config.model.dtype = dtype
+    cfg = models.model_config(config, len(vocab), split.feature_dim)
+    model = models.build(cfg)
+    state, tx, schedule = train.create_train_state(config, model, cfg, 8, mesh)
+    params_dtypes = {x.dtype for x in jax.tree.leaves(state.params)}
+    assert params_dtypes == {np.dtype("float32")}, params_dtypes   # parameters stay float32
+    _, aux = train.make_train_step(model, tx, schedule, config, mesh)(
+        state, sharding.global_batch(batch, mesh, config.batch_size))
+    losses[dtype] = float(aux["loss"])
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02), losses
+  assert losses["bfloat16"] != losses["float32"]                     # bf16 products did run

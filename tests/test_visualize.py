@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from camp_jax import bundle, inference, models, visualize
+from camp_jax import bundle, cli, inference, models, visualize
 from camp_jax.data.vocab import Vocabulary
 
 pytest.importorskip("matplotlib")
@@ -56,8 +56,8 @@ def test_png_has_size_and_content(setup, tmp_path, capsys):
   from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
   path, root = setup
   out = tmp_path / "pair.png"
-  assert visualize.main(["--bundle", str(path), "--split", str(root), "--image", "0",
-                         "--caption", "7", "--out", str(out)]) == 0
+  assert cli.call(visualize.main, [f"--bundle={path}", f"--data_dir={root}", "--image=0",
+                                   "--caption=7", f"--out={out}"]) == 0
   assert "unknown words mapped to <unk>: zebra" in capsys.readouterr().err
   picture = mpimg.imread(out)
   height, width, _ = picture.shape
@@ -72,9 +72,9 @@ def test_png_has_size_and_content(setup, tmp_path, capsys):
 
 def test_bad_indices_are_refused(setup, tmp_path, capsys):
   path, root = setup
-  assert visualize.main(["--bundle", str(path), "--split", str(root), "--image", "5",
-                         "--caption", "0", "--out", str(tmp_path / "x.png")]) == 1
-  assert "--image 5 is outside [0, 2)" in capsys.readouterr().err
+  assert cli.call(visualize.main, [f"--bundle={path}", f"--data_dir={root}", "--image=5",
+                                   "--caption=0", f"--out={tmp_path / 'x.png'}"]) == 1
+  assert "--image=5 is outside [0, 2)" in capsys.readouterr().err
   assert not (tmp_path / "x.png").exists()
 
 

@@ -134,3 +134,15 @@ def read_split(data_dir: str | os.PathLike, split: str, *, captions_per_image: i
     assert_finite(images, ims_path, row_stride=k if per_caption else 1)
   return PrecompSplit(name=split, path=data_dir, images=images, captions=captions,
                       captions_per_image=k, per_caption_layout=per_caption)
+
+
+def check_feature_file(ims_path: str | os.PathLike, img_dim: int) -> None:
+  """Reads only the .npy header; raises unless the region features are (N, R, img_dim)."""
+  ims_path = pathlib.Path(ims_path)
+  if not ims_path.is_file():
+    raise FileNotFoundError(f"{ims_path}: no such feature file (expected a precomp folder "
+                            "with {split}_ims.npy and {split}_caps.txt)")
+  shape = np.load(ims_path, mmap_mode="r", allow_pickle=False).shape
+  if len(shape) != 3 or shape[-1] != img_dim:
+    raise ValueError(f"{ims_path}: region features have shape {shape}, but the model expects "
+                     f"(images, regions, {img_dim}) (model img_dim={img_dim})")

@@ -1,7 +1,8 @@
 """Models: CAMP (full and stage-1 variants) and the VSE++ baseline.
 
-`build(model_config)` makes a module from the JSON-able dict that bundles and
-configs store, e.g. {"name": "camp", "variant": "gate_fusion", "vocab_size": 8590, ...}.
+`build(model_config)` makes a module from the JSON-able dict that bundles and checkpoints
+store, e.g. {"name": "camp", "variant": "gate_fusion", "vocab_size": 8590, ...};
+`model_config(config, ...)` makes that dict from a run config.
 """
 import dataclasses
 
@@ -9,6 +10,8 @@ from camp_jax.models.camp import CAMP, VARIANTS
 from camp_jax.models.vse import VSE
 
 MODELS = {"camp": CAMP, "vse": VSE}
+# Run-config fields that only CAMP has.
+_CAMP_ONLY = ("variant", "pad_words_to", "pool_heads", "dropout_rate")
 
 
 def build(model_config) -> CAMP | VSE:
@@ -29,4 +32,15 @@ def build(model_config) -> CAMP | VSE:
   return cls(**config)
 
 
-__all__ = ["CAMP", "VSE", "VARIANTS", "build"]
+def model_config(config, vocab_size: int, img_dim: int) -> dict:
+  """The JSON-able model config (what bundles store) from a run config and the data sizes."""
+  cfg = dict(config.model.to_dict(), vocab_size=vocab_size, img_dim=img_dim)
+  if cfg.get("pad_words_to", None) == 0:
+    cfg["pad_words_to"] = None  # 0 on the command line means "no padding".
+  if cfg.get("name") == "vse":
+    for key in _CAMP_ONLY:
+      cfg.pop(key, None)
+  return cfg
+
+
+__all__ = ["CAMP", "VSE", "VARIANTS", "build", "model_config"]

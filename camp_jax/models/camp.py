@@ -5,21 +5,23 @@ model (`variant="cross_attention"`, `cross_attention_new`: mean pooling + cosine
 module with an option. Parameter names follow the release (`img_query_fc`, `fc_1`,
 `final_reduce_1`, `fc_out`, ...), so freezing patterns and the converter read naturally.
 
-Everything here is the straightforward transcription: `score_matrix` expands every
-image x caption pair, as the original does. `camp_jax.scoring` has the fast exact path.
+`score_matrix` is the straightforward transcription: it expands every image x caption pair,
+as the original does. `fast_score_matrix` computes the same scores by the hoisted exact path
+of `camp_fast`, in three steps that the scoring driver tiles and shards: `image_features`,
+`caption_features` (once per item) and `pair_scores` (per pair).
 """
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from camp_jax.models import camp_fast
 from camp_jax.models.encoders import CaptionEncoder, ImageEncoder
-from camp_jax.models.vse import pooled_caption, pooled_image
-from camp_jax.models.layers import (attend, attention_weights, l2_normalize,
-                                    symmetric_uniform, torch_default_init)
+from camp_jax.models.layers import (attend, attention_weights, l2_normalize, pooled_caption,
+                                    pooled_image, symmetric_uniform, torch_default_init)
 
 VARIANTS = ("gate_fusion", "cross_attention")
 PROJECTIONS = ("img_query_fc", "img_key_fc", "txt_query_fc", "txt_key_fc",
@@ -154,9 +156,16 @@ class CAMP(nn.Module):
     encode_images: (N, R, img_dim) -> (N, R, d)
     encode_captions: tokens (N, T), lengths (N,) -> (N, T', d), mask (N, T') with
       T' = max(T, pad_words_to)
-    score_matrix: (Ni, R, d), (Nc, L, d), (Nc, L) -> (Ni, Nc)
+    score_matrix: (Ni, R, d), (Nc, L, d), (Nc, L) -> (Ni, Nc), every pair expanded
+    fast_score_matrix: the same scores by the hoisted exact path (no dropout)
+    image_features / caption_features / pair_scores: the hoisted path in its three steps
+    image_vectors / caption_vectors: independent shortlist embeddings (N, d) / (M, d)
+    explain_pair: attention maps, gates and score of one pair
     __call__: images, tokens, lengths -> the (N, N) score matrix of a batch.
   """
+  # A score needs the pair-wise fusion (VSE.PAIRWISE is False): what the fast path, the
+  # scoring driver and the reranking of a shortlist are for.
+  PAIRWISE: ClassVar[bool] = True
   vocab_size: int
   word_dim: int = 300
   embed_dim: int = 1024
@@ -167,6 +176,7 @@ class CAMP(nn.Module):
   pad_words_to: int | None = None
   pool_heads: int = 4
   dropout_rate: float = 0.0
+  # Compute dtype of the matrix products (bfloat16 or float32); parameters stay float32.
   dtype: Any = jnp.float32
 
   def setup(self):
@@ -193,13 +203,43 @@ class CAMP(nn.Module):
     mask = jnp.broadcast_to(cap_mask[None], (n_img,) + cap_mask.shape)
     return self.fusion(regions, words, mask, deterministic)
 
-  def shortlist_embeddings(self, img_emb, cap_emb, cap_mask):
-    """Independent joint embeddings for shortlisting: (Ni, d), (Nc, d), L2-normalised.
+  # The hoisted exact path (camp_fast). Stage-1 scores count `pad_words_to` word slots;
+  # captions may come trimmed to any width, padded slots are accounted for exactly.
+  def _fast_weights(self):
+    return camp_fast.rounded_weights(self.fusion.variables["params"], self.dtype)
 
-    The mean-pooled encoder outputs; training can align them with a VSE++ loss term
-    (`shortlist_loss_weight`) so that one matrix product ranks a gallery before CAMP rescores.
+  def image_features(self, img_emb):
+    """Per-image quantities of the fast path: (Ni, R, d) -> dict of (Ni, ...)."""
+    return camp_fast.image_features(self._fast_weights(), img_emb, self.variant, self.dtype)
+
+  def caption_features(self, cap_emb, cap_mask):
+    """Per-caption quantities of the fast path: (Nc, L, d), (Nc, L) -> dict of (Nc, ...)."""
+    return camp_fast.caption_features(self._fast_weights(), cap_emb, cap_mask, self.variant,
+                                      self.dtype)
+
+  def pair_scores(self, img_features, cap_features):
+    """Every image x caption of the features: (Ni, Nc) float32."""
+    pad = self.pad_words_to if self.variant == "cross_attention" else None
+    return camp_fast.pair_scores(self._fast_weights(), img_features, cap_features,
+                                 self.variant, pad, self.dtype)
+
+  def fast_score_matrix(self, img_emb, cap_emb, cap_mask):
+    """`score_matrix` by the hoisted exact path, deterministic: (Ni, Nc) float32."""
+    return self.pair_scores(self.image_features(img_emb),
+                            self.caption_features(cap_emb, cap_mask))
+
+  def image_vectors(self, img_emb):
+    """Shortlist embedding of each image: the mean-pooled regions, (N, R, d) -> (N, d).
+
+    Independent of any caption; training can align it with `caption_vectors` through a
+    VSE++ loss term (`shortlist_loss_weight`), so one matrix product ranks a gallery
+    before CAMP rescores the top of it.
     """
-    return pooled_image(img_emb), pooled_caption(cap_emb, cap_mask)
+    return pooled_image(img_emb)
+
+  def caption_vectors(self, cap_emb, cap_mask):
+    """Shortlist embedding of each caption: (M, L, d), (M, L) -> (M, d)."""
+    return pooled_caption(cap_emb, cap_mask)
 
   def explain_pair(self, img_emb, cap_emb, cap_mask):
     """Attention maps, gates and score of one pair: (R, d), (L, d), (L,) -> dict."""

@@ -85,15 +85,3 @@ class CaptionEncoder(nn.Module):
     backward = reverse_within_length(backward, lengths)
     return jnp.where(mask[..., None], (forward + backward) / 2, 0.0), mask
 
-
-def with_word_vectors(params: dict, vectors: jax.Array) -> dict:
-  """Returns params whose caption-encoder embedding is `vectors` (vocab, word_dim).
-
-  Used to start stage 1 from word2vec rows indexed by the vocabulary.
-  """
-  table = params["txt_enc"]["embed"]["embedding"]
-  if tuple(vectors.shape) != tuple(table.shape):
-    raise ValueError(f"word vectors have shape {tuple(vectors.shape)}, the model's embedding "
-                     f"table is {tuple(table.shape)} (vocab_size, word_dim)")
-  txt_enc = {**params["txt_enc"], "embed": {"embedding": jnp.asarray(vectors, table.dtype)}}
-  return {**params, "txt_enc": txt_enc}

@@ -50,3 +50,14 @@ def attention_weights(query: jax.Array, key: jax.Array,
   if key_mask is not None:
     logits = jnp.where(key_mask[..., None, :], logits, MASKED_LOGIT)
   return jax.nn.softmax(logits, axis=-1)
+
+
+def pooled_image(img_emb: jax.Array) -> jax.Array:
+  """Mean over regions, L2-normalised: (..., R, d) -> (..., d)."""
+  return l2_normalize(jnp.mean(img_emb, axis=-2))
+
+
+def pooled_caption(cap_emb: jax.Array, cap_mask: jax.Array) -> jax.Array:
+  """Mean over real words, L2-normalised: (..., L, d), (..., L) -> (..., d)."""
+  m = cap_mask[..., None].astype(cap_emb.dtype)
+  return l2_normalize(jnp.sum(cap_emb * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0))

@@ -1,27 +1,17 @@
 """VSE++ baseline: one pooled vector per image and per caption, scored by cosine."""
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from camp_jax.models.encoders import CaptionEncoder, ImageEncoder
-from camp_jax.models.layers import l2_normalize
-
-
-def pooled_image(img_emb: jax.Array) -> jax.Array:
-  """Mean over regions, L2-normalised: (N, R, d) -> (N, d)."""
-  return l2_normalize(jnp.mean(img_emb, axis=-2))
-
-
-def pooled_caption(cap_emb: jax.Array, cap_mask: jax.Array) -> jax.Array:
-  """Mean over real words, L2-normalised: (N, L, d), (N, L) -> (N, d)."""
-  m = cap_mask[..., None].astype(cap_emb.dtype)
-  return l2_normalize(jnp.sum(cap_emb * m, axis=-2) / jnp.maximum(jnp.sum(m, axis=-2), 1.0))
+from camp_jax.models.layers import pooled_caption, pooled_image
 
 
 class VSE(nn.Module):
-  """Joint embedding with the same encoders as CAMP and the same method names."""
+  """Joint embedding with CAMP's encoders and method names; its score is the pooled cosine."""
+  # Two towers: a score needs no pair-wise computation (see CAMP.PAIRWISE).
+  PAIRWISE: ClassVar[bool] = False
   vocab_size: int
   word_dim: int = 300
   embed_dim: int = 1024
@@ -38,10 +28,18 @@ class VSE(nn.Module):
   def encode_captions(self, tokens, lengths):
     return self.txt_enc(tokens, lengths)
 
+  def image_vectors(self, img_emb):
+    """(N, R, d) -> (N, d), L2-normalised."""
+    return pooled_image(img_emb)
+
+  def caption_vectors(self, cap_emb, cap_mask):
+    """(M, L, d), (M, L) -> (M, d), L2-normalised."""
+    return pooled_caption(cap_emb, cap_mask)
+
   def score_matrix(self, img_emb, cap_emb, cap_mask, deterministic: bool = True):
     """Cosine of pooled embeddings: (Ni, R, d), (Nc, L, d), (Nc, L) -> (Ni, Nc)."""
     del deterministic
-    return pooled_image(img_emb) @ pooled_caption(cap_emb, cap_mask).T
+    return self.image_vectors(img_emb) @ self.caption_vectors(cap_emb, cap_mask).T
 
   def __call__(self, images, tokens, lengths, deterministic: bool = True):
     cap_emb, cap_mask = self.encode_captions(tokens, lengths)

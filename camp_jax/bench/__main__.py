@@ -1,0 +1,82 @@
+r"""Benchmarks: python -m camp_jax.bench COMMAND [flags].
+
+  python -m camp_jax.bench scoring --embed_dim=1024 --images=10 --captions=300 [--json]
+  python -m camp_jax.bench scoring --preset=flickr30k_test --reference_captions=100
+  python -m camp_jax.bench train_step --config=configs/flickr30k.py:stage3,synthetic \
+      --config.batch_size=32 [--config.fast_scoring=False] --steps=2 [--json]
+  python -m camp_jax.bench pipeline --regions=36 --feature_dim=2048 --images=2000 --batch_size=128
+
+Figures are measured, never projected, unless a line says PROJECTION.
+"""
+import json
+
+from absl import flags
+
+from camp_jax import cli
+from camp_jax.bench import scoring as scoring_bench
+
+cli.define("config", "json")
+flags.DEFINE_enum("preset", None, sorted(scoring_bench.PRESETS), "scoring: sizes of a preset.")
+flags.DEFINE_integer("images", 20, "scoring/pipeline: images.")
+flags.DEFINE_integer("captions", 500, "scoring: captions.")
+flags.DEFINE_integer("embed_dim", 1024, "scoring: d.")
+flags.DEFINE_integer("img_dim", 2048, "scoring: region feature size.")
+flags.DEFINE_integer("regions", 36, "scoring/pipeline: regions per image.")
+flags.DEFINE_enum("variant", "gate_fusion", ["gate_fusion", "cross_attention"], "scoring: model.")
+flags.DEFINE_integer("pad_words_to", None, "scoring: stage-1 slots (default 50).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "scoring: compute dtype.")
+flags.DEFINE_integer("max_tile_mb", None, "scoring: tile working set (default: the driver's).")
+flags.DEFINE_integer("reference_captions", None,
+                     "scoring: time the reference on this many captions only.")
+flags.DEFINE_bool("fast_only", False, "scoring: skip the reference path.")
+flags.DEFINE_integer("slice_images", None,
+                     "scoring: score this many images (all captions), project the full time.")
+flags.DEFINE_integer("steps", 5, "train_step/pipeline: timed steps after the first.")
+flags.DEFINE_integer("feature_dim", 2048, "pipeline: feature size.")
+flags.DEFINE_integer("batch_size", 128, "pipeline: global batch.")
+flags.DEFINE_enum("backend", "auto", ["auto", "tf", "thread"], "pipeline: prefetching backend.")
+FLAGS = flags.FLAGS
+
+
+def _scoring():
+  sizes = dict(images=FLAGS.images, captions=FLAGS.captions, embed_dim=FLAGS.embed_dim)
+  sizes.update(scoring_bench.PRESETS.get(FLAGS.preset, {}))
+  result = scoring_bench.run(**sizes, img_dim=FLAGS.img_dim, regions=FLAGS.regions,
+                             variant=FLAGS.variant, pad_words_to=FLAGS.pad_words_to,
+                             dtype=FLAGS.dtype, max_tile_mb=FLAGS.max_tile_mb,
+                             reference_captions=FLAGS.reference_captions,
+                             fast_only=FLAGS.fast_only, slice_images=FLAGS.slice_images)
+  return result, scoring_bench.describe(result)
+
+
+def _train_step():
+  from camp_jax.bench import train_step  # pylint: disable=g-import-not-at-top
+  if FLAGS.config is None:
+    raise ValueError("train_step needs --config=configs/NAME.py[:ARG]")
+  result = train_step.run(FLAGS.config, FLAGS.steps)
+  return result, train_step.describe(result)
+
+
+def _pipeline():
+  from camp_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
+  result = pipeline.run(regions=FLAGS.regions, feature_dim=FLAGS.feature_dim,
+                        images=FLAGS.images, batch_size=FLAGS.batch_size,
+                        steps=FLAGS.steps, backend=FLAGS.backend)
+  return result, pipeline.describe(result)
+
+
+COMMANDS = {"scoring": _scoring, "train_step": _train_step, "pipeline": _pipeline}
+
+
+def main(argv) -> int:
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise ValueError(f"expected one command, one of {sorted(COMMANDS)}; got {argv[1:]}")
+  result, text = COMMANDS[argv[1]]()
+  print(text)
+  if FLAGS.json:
+    print(json.dumps(result))
+  return 0
+
+
+if __name__ == "__main__":
+  cli.run(main)
