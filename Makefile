@@ -14,8 +14,11 @@ $(VENV)/.installed: requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+# Stage 1 (cross-attention) into $(WORKDIR)/stage1, then the full CAMP from it into $(WORKDIR).
 run: $(VENV)/.installed
-	$(PY) -m camp_jax.main --config=configs/default.py --workdir=$(WORKDIR)
+	$(PY) -m camp_jax.main --config=configs/default.py --workdir=$(WORKDIR)/stage1
+	$(PY) -m camp_jax.main --config=configs/default.py:stage2 --workdir=$(WORKDIR) \
+	    --config.init_from=$(WORKDIR)/stage1
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -6,7 +6,7 @@ setuptools.setup(
     version="0.1.0",
     description="CAMP text-image retrieval (ICCV 2019) in JAX/Flax for TPU and GPU.",
     packages=setuptools.find_packages(include=["camp_jax", "camp_jax.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11"  # jax 0.10 needs it,
     install_requires=[
         "jax>=0.10.2,<0.12",
         "flax>=0.12.8,<0.13",
@@ -17,6 +17,7 @@ setuptools.setup(
         "numpy>=1.26",
         "absl-py>=2.1",
         "nltk>=3.9,<4",
+        "flatbuffers>=24",  # jax.export serialisation (export --stablehlo, loading artifacts)
     ],
     extras_require={
         # The input pipeline and TensorBoard writers; accelerator images often lack them.
@@ -24,7 +25,7 @@ setuptools.setup(
                  "tensorflow-datasets>=4.9.7,<5", "importlib_resources>=6"],
         "viz": ["matplotlib>=3.8"],
         # Only to read the authors' .pth.tar checkpoints.
-        "torch": ["torch>=2.1"],
+        "torch": ["torch>=2.6"],
         "test": ["pytest>=8"],
     },
 )

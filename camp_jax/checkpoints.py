@@ -74,7 +74,11 @@ def restore(mngr, target, step: int | None = None,
 def load_params(directory: str | os.PathLike, step: int | None = None) -> tuple[Any, dict, int]:
   """Params, extra JSON and step of a saved train state, without knowing its structure."""
   directory = pathlib.Path(directory).absolute()
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  mngr = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(create=False),
+      # Named handlers, so that item_metadata reads the saved tree (None without them).
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "extra": ocp.JsonCheckpointHandler()})
   step = mngr.latest_step() if step is None else step
   if step is None or step not in mngr.all_steps():
     raise CheckpointError(f"no checkpoint {'at step ' + str(step) if step else ''} under "

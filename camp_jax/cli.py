@@ -7,6 +7,7 @@ that read as one line.
 A name means the same thing in every tool: `--split` is always a split name, `--data_dir`
 always a precomp folder, `--bundle` an inference bundle, `--workdir` a training run.
 """
+import logging as std_logging
 import os
 import pathlib
 import sys
@@ -70,11 +71,27 @@ def _raised_by_us(error: BaseException) -> bool:
 EXPECTED = (OSError, ValueError, IndexError, KeyError, RuntimeError)
 
 
+def _own_or_important(record) -> bool:
+  """Keeps camp_jax's INFO lines and everyone's warnings; drops libraries' INFO chatter."""
+  return record.levelno >= std_logging.WARNING or os.path.abspath(record.pathname).startswith(
+      _PACKAGE_DIRS)
+
+
+def quiet_libraries() -> None:
+  """At the default verbosity, INFO lines of jax, orbax, clu and absl are hidden;
+  --verbosity=1 shows everything."""
+  handler = logging.get_absl_handler().python_handler  # ABSLHandler skips its own filters.
+  if logging.get_verbosity() < logging.DEBUG and _own_or_important not in handler.filters:
+    handler.addFilter(_own_or_important)
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # tensorflow's C++ INFO lines
+
+
 def guarded(main):
   """main, with an expected error (bad input, config or file, raised with a message by
   camp_jax itself) printed as one line and exit code 1. Other errors keep their traceback,
   as does every error with --verbosity=1 or higher."""
   def run_main(argv):
+    quiet_libraries()
     try:
       return main(argv)
     except EXPECTED as e:

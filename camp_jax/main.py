@@ -11,6 +11,7 @@ Any config field can be overridden: --config.batch_size=64 --config.model.embed_
 Several processes (TPU pod, SLURM, or --coordinator/--num_processes/--process_id) start
 jax.distributed first; one process runs unchanged.
 """
+import importlib.util
 import json
 
 from absl import flags, logging
@@ -31,11 +32,6 @@ flags.DEFINE_integer("heartbeat_timeout", None,
 FLAGS = flags.FLAGS
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
-  return "orbax" not in record.pathname or record.levelno >= logging.WARNING
-
-
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"unexpected arguments: {argv[1:]}")
@@ -46,16 +42,18 @@ def main(argv):
   for name, path in (("--workdir", FLAGS.workdir), ("--out", FLAGS.out),
                      ("--bundle", FLAGS.bundle), ("config.init_from", config.init_from)):
     bundle.require_local(name, path)
+  if FLAGS.mode == "train" and importlib.util.find_spec("tensorflow") is None:
+    raise RuntimeError("training reads batches with tf.data and writes TensorBoard logs, and "
+                       "tensorflow is not installed: pip install -e '.[data]'")
   if FLAGS.mode != "eval" and not FLAGS.workdir:
     raise ValueError(f"--mode={FLAGS.mode} needs --workdir=RUN")
-  logging.get_absl_handler().addFilter(_quiet_orbax)
   from camp_jax import distributed  # pylint: disable=g-import-not-at-top
   distributed.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                      FLAGS.heartbeat_timeout)
   distributed.log_platform()
   from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   pipeline.hide_gpus_from_tensorflow()
-  logging.info("config:\n%s", config)
+  logging.debug("config:\n%s", config)
   if FLAGS.mode == "train":
     from camp_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, FLAGS.workdir)

@@ -12,6 +12,7 @@ import functools
 import pathlib
 import re
 import signal
+import time
 from typing import Any
 
 import flax.struct
@@ -142,15 +143,51 @@ def init_params(model, model_cfg: dict, rng, regions: int = 2):
   return model.init(rng, images, tokens, lengths)["params"]
 
 
+def check_config(config) -> None:
+  """Refuses combinations the train step cannot honour, before anything is built."""
+  if config.model.get("dropout_rate", 0.0) and config.fast_scoring:
+    raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} needs "
+                     "--config.fast_scoring=False: the hoisted exact path has no dropout "
+                     "(the release trains without it)")
+
+
 def create_train_state(config, model, model_cfg, steps_per_epoch: int, mesh):
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
   params = init_params(model, model_cfg, init_rng)
+  if config.model.get("word_vectors"):
+    from camp_jax.data import word_vectors  # pylint: disable=g-import-not-at-top
+    vectors, mask = word_vectors.load_word_vectors(
+        config.model.word_vectors, model_cfg["vocab_size"], config.model.word_vectors_mask)
+    params = models.with_word_vectors(params, vectors, mask)
   if config.init_from:
     params = checkpoints.params_from_run(params, config.init_from, config.init_from_checkpoint)
   tx, schedule = create_optimizer(config, params, steps_per_epoch)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.key_data(rng))
   return jax.device_put(state, sharding.replicated(mesh)), tx, schedule
+
+
+class _Progress:
+  """A log line every `every_s` seconds: step, loss, steps/s (after the first step, which
+  compiles) and the time left."""
+
+  def __init__(self, num_steps: int, every_s: float = 15.0):
+    self.num_steps, self.every_s = num_steps, every_s
+    self.start_step = self.start = self.last = None
+
+  def __call__(self, step: int, aux) -> None:
+    now = time.monotonic()
+    if self.start is None:
+      self.start_step, self.start = step, now
+      self.last = now - self.every_s / 2  # The first line comes soon after the compile.
+      return
+    if now - self.last < self.every_s and step != self.num_steps:
+      return
+    self.last = now
+    rate = (step - self.start_step) / max(now - self.start, 1e-9)
+    eta = (self.num_steps - step) / max(rate, 1e-9)
+    logging.info("step %d/%d  loss %.4f  %.2f steps/s  ETA %dm%02ds", step, self.num_steps,
+                 float(aux["loss"]), rate, eta // 60, eta % 60)
 
 
 class _Preemption:
@@ -188,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from camp_jax import data  # pylint: disable=g-import-not-at-top
   from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
+  check_config(config)
   workdir = pathlib.Path(workdir).absolute()
   vocab = data.load_vocab(config.data)
   train_split, dev_split = data.load_split(config.data, config.data.train_split), _dev_split(config)
@@ -225,6 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                            every_steps=config.log_every_steps)
   preemption = _Preemption()
   step, pending = int(state.step), []
+  progress = _Progress(num_steps)
   logging.info("training %s for %d steps (%d per epoch) on %d devices, mesh %s",
                model_cfg["name"], num_steps, steps_per_epoch, jax.device_count(),
                dict(mesh.shape))
@@ -235,6 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step += 1
       pending.append(aux)
       report(step)
+      progress(step, aux)
       if step % config.log_every_steps == 0 or step == num_steps:
         summary = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(pending))
         writer.write_scalars(step, summary)
@@ -283,9 +323,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if distributed.is_primary():  # Every process has the same metrics; one writes them.
       evaluate.write_metrics(workdir, split_name, metrics)
       print(evaluate.format_table(metrics, f"{split_name} (best dev checkpoint)"), flush=True)
+      _print_beside_init(config, split_name, metrics)
     results[split_name] = metrics
   writer.flush()
   return results
+
+
+def _print_beside_init(config, split_name: str, metrics: dict) -> None:
+  """With a warm start, the run it started from beside this one (e.g. stage 1 | CAMP)."""
+  if not config.init_from:
+    return
+  before = evaluate.read_metrics(config.init_from, split_name)
+  if before:
+    name = lambda m: m.get("variant") or m.get("model") or "model"
+    print(evaluate.format_comparison(
+        {f"{name(before)} ({config.init_from})": before, f"{name(metrics)} (this run)": metrics},
+        f"{split_name}: this run beside the one it started from"), flush=True)
 
 
 def flatten_config(config) -> dict:

@@ -1,14 +1,17 @@
 r"""Default run: CAMP on the built-in synthetic dataset, a few minutes on 2 CPU cores.
 
-  python -m camp_jax.main --config=configs/default.py --workdir=runs/default
-  python -m camp_jax.main --config=configs/default.py:stage2 --workdir=runs/default_stage2
+`make run` trains the released recipe's two stages into one workdir:
+
+  python -m camp_jax.main --config=configs/default.py --workdir=runs/default/stage1
+  python -m camp_jax.main --config=configs/default.py:stage2 --workdir=runs/default \
+      --config.init_from=runs/default/stage1
   python -m camp_jax.main --config=configs/default.py:tiny --workdir=/tmp/tiny   # seconds
 
-As the release, CAMP trains in stages: the default is stage 1, the cross-attention model
-(message aggregation both ways, cosine of the pooled messages); `:stage2` trains the full
-model's gated fusion, attention pooling and score head on top of it (from `runs/default`).
-The full model trained from scratch stays at chance on this data (its score head must learn
-a similarity from a concatenation), which is why the release pretrains stage 1.
+Stage 1 is the cross-attention model (messages both ways, cosine of the pooled messages);
+stage 2 is the full CAMP: gated fusion, attention pooling and the score head, trained on top
+of stage 1 with everything else frozen. The full model trained from scratch stays at chance
+on this data (its score head must learn a similarity from a concatenation), which is why the
+release pretrains stage 1.
 
 Every other config starts from this one and changes what differs.
 """
@@ -40,7 +43,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.word_dim = 32
   c.model.pad_words_to = 0             # 50 reproduces the original stage-1 scores; 0: none
   c.model.pool_heads = 4
-  c.model.dropout_rate = 0.0
+  c.model.dropout_rate = 0.0           # > 0 needs fast_scoring=False (the release uses 0)
+  c.model.word_vectors = ""            # .npy (vocab size x word_dim) initialising the word
+                                       # embedding, rows in vocabulary-id order (the release's
+  c.model.word_vectors_mask = ""       # format); the mask .npy (vocab size,) marks the rows
+                                       # to take from it, the rest keep their random init
   c.model.dtype = "float32"            # bfloat16: matrix products in bf16 (params, optimizer
                                        # state, softmax and reductions stay float32)
 
@@ -76,7 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg == "stage2":  # The full CAMP on top of the default (stage-1) run.
     c.model.variant = "gate_fusion"
-    c.init_from = "runs/default"
+    c.init_from = "runs/default/stage1"
     c.trainable = STAGE2_TRAINABLE
     c.shortlist_loss_weight = 0.0
     c.num_epochs = 4

@@ -1,7 +1,9 @@
 r"""The released Flickr30K recipe, in three stages (precomp features, 36 x 2048, d = 1024).
 
   python -m camp_jax.main --config=configs/flickr30k.py:stage1 --workdir=runs/f30k_s1 \
-      --config.data.dir=data/f30k_precomp --config.data.vocab=vocab/f30k_precomp_vocab.json
+      --config.data.dir=data/f30k_precomp \
+      --config.model.word_vectors=embed/f30kword2vec300dim_3.npy \
+      --config.model.word_vectors_mask=embed/MASK.npy
   python -m camp_jax.main --config=configs/flickr30k.py:stage2 --workdir=runs/f30k_s2 \
       --config.init_from=runs/f30k_s1 ...
   python -m camp_jax.main --config=configs/flickr30k.py:stage3 --workdir=runs/f30k_s3 \
@@ -19,7 +21,9 @@ def get_config(arg: str = "stage1"):
   c = default.get_config()
   c.data.kind = "precomp"
   c.data.dir = "data/f30k_precomp"
-  c.data.vocab = "vocab/f30k_precomp_vocab.json"
+  # CAMP's own vocabulary (its checkpoints and word vectors index it; SCAN's .json orders
+  # the same words differently).
+  c.data.vocab = "vocab/f30k_precomp_vocab.pkl"
   c.data.dev_images = 1000               # the release validates on the first 5,000 captions
   c.model.update(embed_dim=1024, word_dim=300)
   c.shortlist_loss_weight = 0.0

@@ -1,4 +1,6 @@
 """Recall metrics on hand-made score matrices."""
+import json
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,34 @@ def test_metrics_json_and_table(tmp_path):
   path = evaluate.write_metrics(tmp_path, "test", m)
   assert path == tmp_path / "eval" / "test.json" and '"i2t_r1": 100.0' in path.read_text()
   assert "rsum 600.0" in evaluate.format_table(m)
+
+
+def test_coco_5k_and_1k_come_from_one_matrix_with_their_own_rsum():
+  # 10 images in 5 folds of 2: the whole-matrix ranks see the other folds' captions, the
+  # fold ranks do not, so the two differ and each rsum is the sum of its own six recalls.
+  rng = np.random.default_rng(1)
+  scores = rng.normal(size=(10, 50))
+  m = evaluate.metrics_of(scores, folds=5)
+  whole, folds = evaluate.recall_metrics(scores), evaluate.fold_metrics(scores, folds=5)
+  assert {k: m[k] for k in evaluate.KEYS} == {k: whole[k] for k in evaluate.KEYS}
+  assert m["folds"] == folds and m["folds"]["rsum"] != m["rsum"]
+  for result in (m, m["folds"]):
+    recalls = [result[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    assert result["rsum"] == pytest.approx(sum(recalls))
+  assert "mean of 5 folds of 2 images" in evaluate.format_table(m)
+
+
+def test_ensemble_command_averages_saved_matrices(tmp_path, capsys):
+  from camp_jax import cli
+  from camp_jax.evaluate import __main__ as ensemble_cli
+  rng = np.random.default_rng(2)
+  a, b = rng.normal(size=(4, 20)), rng.normal(size=(4, 20))
+  paths = [evaluate.save_scores(tmp_path / name, m) for name, m in (("a.npy", a), ("b.npy", b))]
+  assert cli.call(ensemble_cli.main, ["--ensemble", *map(str, paths), "--json"]) == 0
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  expected = evaluate.recall_metrics((a.astype(np.float32) + b.astype(np.float32)) / 2)
+  assert {k: printed[k] for k in evaluate.KEYS} == pytest.approx(
+      {k: expected[k] for k in evaluate.KEYS})
+  evaluate.save_scores(tmp_path / "c.npy", rng.normal(size=(4, 25)))
+  assert cli.call(ensemble_cli.main, ["--ensemble", str(paths[0]), str(tmp_path / "c.npy")]) == 1
+  assert "differs from" in capsys.readouterr().err

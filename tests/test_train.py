@@ -228,3 +228,26 @@ def test_bfloat16_step_loss_is_within_two_percent_of_float32(tiny_data_dir):
     losses[dtype] = float(aux["loss"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02), losses
   assert losses["bfloat16"] != losses["float32"]                     # bf16 products did run
+
+
+def test_word_vectors_initialise_the_masked_rows_and_wrong_sizes_are_refused(tmp_path):
+  config = default.get_config("tiny")
+  model_cfg = {"name": "camp", "variant": "cross_attention", "vocab_size": 12, "img_dim": 16,
+               "embed_dim": 16, "word_dim": 16}
+  model = train.models.build(model_cfg)
+  fresh = train.init_params(model, model_cfg, jax.random.split(jax.random.key(config.seed))[1])
+  vectors = np.random.default_rng(0).normal(size=(12, 16)).astype(np.float32)
+  mask = np.arange(12) % 3 == 0  # rows 0, 3, 6, 9 have pretrained vectors
+  np.save(tmp_path / "vectors.npy", vectors)
+  np.save(tmp_path / "mask.npy", mask)
+  config.model.word_vectors = str(tmp_path / "vectors.npy")
+  config.model.word_vectors_mask = str(tmp_path / "mask.npy")
+  mesh = train.sharding.make_mesh((1, 1))
+  state, _, _ = train.create_train_state(config, model, model_cfg, 8, mesh)
+  embedding = np.asarray(state.params["txt_enc"]["embed"]["embedding"])
+  before = np.asarray(fresh["txt_enc"]["embed"]["embedding"])
+  np.testing.assert_array_equal(embedding[mask], vectors[mask])
+  np.testing.assert_array_equal(embedding[~mask], before[~mask])
+  np.save(tmp_path / "vectors.npy", vectors[:10])
+  with pytest.raises(ValueError, match=r"vectors\.npy.*10.*12"):
+    train.create_train_state(config, model, model_cfg, 8, mesh)

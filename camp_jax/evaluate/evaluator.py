@@ -49,6 +49,12 @@ def write_metrics(folder: str | os.PathLike, split: str, metrics: dict) -> pathl
   return write_json(pathlib.Path(folder) / "eval" / f"{split}.json", metrics)
 
 
+def read_metrics(folder: str | os.PathLike, split: str) -> dict | None:
+  """<folder>/eval/<split>.json as written by `write_metrics`, or None when there is none."""
+  path = pathlib.Path(folder) / "eval" / f"{split}.json"
+  return json.loads(path.read_text()) if path.is_file() else None
+
+
 def save_scores(path: str | os.PathLike, scores: np.ndarray) -> pathlib.Path:
   """Writes a score matrix as .npy (float32, images x captions), atomically."""
   path = pathlib.Path(path)

@@ -129,3 +129,16 @@ def format_table(metrics: dict, title: str = "") -> str:
     lines.append(format_table(folds, f"mean of {folds['folds']} folds of {folds['n_images']} "
                                      "images"))
   return "\n".join(lines)
+
+
+def format_comparison(rows: dict[str, dict], title: str = "") -> str:
+  """Several runs' recalls in one table, a row per run: {name: metrics}."""
+  width = max(len(name) for name in rows) + 2
+  head = f"{'':{width}}" + "".join(f"{f'{d} R@{k}':>10}" for d in ("i->t", "t->i")
+                                   for k in RECALL_KS) + f"{'rsum':>7}"
+  lines = [title] if title else []
+  lines.append(head)
+  for name, m in rows.items():
+    cells = "".join(f"{m[f'{d}_r{k}']:10.1f}" for d in ("i2t", "t2i") for k in RECALL_KS)
+    lines.append(f"{name:{width}}{cells}{m['rsum']:7.1f}")
+  return "\n".join(lines)

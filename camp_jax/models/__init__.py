@@ -6,12 +6,17 @@ store, e.g. {"name": "camp", "variant": "gate_fusion", "vocab_size": 8590, ...};
 """
 import dataclasses
 
+import jax.numpy as jnp
+import numpy as np
+
 from camp_jax.models.camp import CAMP, VARIANTS
 from camp_jax.models.vse import VSE
 
 MODELS = {"camp": CAMP, "vse": VSE}
 # Run-config fields that only CAMP has.
 _CAMP_ONLY = ("variant", "pad_words_to", "pool_heads", "dropout_rate")
+# Run-config fields that only initialise parameters (not part of the architecture).
+_INIT_ONLY = ("word_vectors", "word_vectors_mask")
 
 
 def build(model_config) -> CAMP | VSE:
@@ -35,6 +40,8 @@ def build(model_config) -> CAMP | VSE:
 def model_config(config, vocab_size: int, img_dim: int) -> dict:
   """The JSON-able model config (what bundles store) from a run config and the data sizes."""
   cfg = dict(config.model.to_dict(), vocab_size=vocab_size, img_dim=img_dim)
+  for key in _INIT_ONLY:
+    cfg.pop(key, None)
   if cfg.get("pad_words_to", None) == 0:
     cfg["pad_words_to"] = None  # 0 on the command line means "no padding".
   if cfg.get("name") == "vse":
@@ -43,4 +50,20 @@ def model_config(config, vocab_size: int, img_dim: int) -> dict:
   return cfg
 
 
-__all__ = ["CAMP", "VSE", "VARIANTS", "build", "model_config"]
+def with_word_vectors(params, vectors: np.ndarray, mask: np.ndarray | None = None):
+  """params with the word embedding's rows set from `vectors` (V, word_dim).
+
+  With `mask` (V,) only the rows marked true are set (the words that have a pretrained
+  vector); the others keep their initial values.
+  """
+  embedding = params["txt_enc"]["embed"]["embedding"]
+  if vectors.shape != embedding.shape:
+    raise ValueError(f"word vectors of shape {vectors.shape}; this model's embedding is "
+                     f"{embedding.shape} (vocabulary size x config.model.word_dim)")
+  rows = np.ones(len(vectors), bool) if mask is None else np.asarray(mask, bool)
+  new = jnp.where(rows[:, None], jnp.asarray(vectors, embedding.dtype), embedding)
+  encoder = {**params["txt_enc"], "embed": {"embedding": new}}
+  return {**params, "txt_enc": encoder}
+
+
+__all__ = ["CAMP", "VSE", "VARIANTS", "build", "model_config", "with_word_vectors"]
