@@ -51,8 +51,8 @@ def main(argv):
   distributed.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                      FLAGS.heartbeat_timeout)
   distributed.log_platform()
-  from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  pipeline.hide_gpus_from_tensorflow()
+  from camp_jax.data import streams  # pylint: disable=g-import-not-at-top
+  streams.hide_gpus_from_tensorflow()
   logging.debug("config:\n%s", config)
   if FLAGS.mode == "train":
     from camp_jax import train  # pylint: disable=g-import-not-at-top

@@ -250,12 +250,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resumed from %s/%d", latest.directory, step)
   # Each process reads only the rows of every global batch that its devices hold.
   rows = sharding.host_rows(sharding.batch_sharding(mesh), config.batch_size)
-  # TEMP(lead): until the data branch lands with host_rows.
-  per_host = rows[1] - rows[0]
   batches = pipeline.train_batches(train_split, vocab, global_batch_size=config.batch_size,
-                                   seed=config.seed, state=extra["data"],
-                                   process_index=rows[0] // per_host,
-                                   process_count=config.batch_size // per_host)
+                                   seed=config.seed, state=extra["data"], host_rows=rows)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   writer.write_hparams(flatten_config(config))

@@ -81,7 +81,9 @@ def test_repeated_layout_with_different_rows(tmp_path):
 
 @pytest.mark.parametrize("array, match", [
     (np.zeros((4, 3, 5), np.float64), "expected dtype float32, got float64"),
-    (np.zeros((4, 15), np.float32), r"expected rank 3 .* got shape \(4, 15\)"),
+    (np.zeros((4, 15), np.float32), r"dev_ims.npy: region features have shape \(4, 15\); "
+                                    r"expected \(images, regions, dim\)$"),
+    (np.zeros((0, 3, 5), np.float32), r"dev_ims.npy: no images"),
 ])
 def test_bad_dtype_or_rank(tmp_path, array, match):
   write_split(tmp_path)
@@ -116,3 +118,31 @@ def test_non_utf8_names_line(tmp_path):
   write_split(tmp_path, captions=caps)
   with pytest.raises(ValueError, match=r"dev_caps.txt:8: caption is not valid UTF-8"):
     precomp.read_split(tmp_path, "dev")
+
+
+@pytest.mark.parametrize("value", [np.nan, -np.inf])
+def test_check_feature_file(tmp_path, value):
+  images = write_split(tmp_path, num_images=6)
+  path = tmp_path / "dev_ims.npy"
+  precomp.check_feature_file(path, 5, check_finite=True)
+  with pytest.raises(ValueError) as e:
+    precomp.check_feature_file(path, 7)
+  assert str(e.value) == (f"{path}: region features have shape (6, 3, 5); expected "
+                          "(images, regions, 7) (model img_dim=7)")
+  images[5, 0, 4] = value
+  np.save(path, images)
+  precomp.check_feature_file(path, 5)  # The header only.
+  with pytest.raises(ValueError) as e:
+    precomp.check_feature_file(path, 5, check_finite=True)
+  assert str(e.value) == (f"{path}: non-finite feature {value} at image 5 (file row 5), "
+                          "region 0, dim 4")
+  path.write_bytes(b"PK\x03\x04 a zip, not a .npy")
+  with pytest.raises(ValueError, match=r"dev_ims.npy: not a plain .npy array") as e:
+    precomp.check_feature_file(path, 5)
+  assert "\n" not in str(e.value)
+  np.savez(path, images)  # np.savez adds .npz: write the archive under the .npy name.
+  (tmp_path / "dev_ims.npy.npz").rename(path)
+  with pytest.raises(ValueError, match=r"dev_ims.npy: not a plain .npy array \(a NpzFile\)"):
+    precomp.check_feature_file(path, 5)
+  with pytest.raises(FileNotFoundError, match=r"test_ims.npy: no such feature file"):
+    precomp.check_feature_file(tmp_path / "test_ims.npy", 5)

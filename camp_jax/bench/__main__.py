@@ -4,7 +4,8 @@ r"""Benchmarks: python -m camp_jax.bench COMMAND [flags].
   python -m camp_jax.bench scoring --preset=flickr30k_test --reference_captions=100
   python -m camp_jax.bench train_step --config=configs/flickr30k.py:stage3,synthetic \
       --config.batch_size=32 [--config.fast_scoring=False] --steps=2 [--json]
-  python -m camp_jax.bench pipeline --regions=36 --feature_dim=2048 --images=2000 --batch_size=128
+  python -m camp_jax.bench pipeline --regions=36 --feature_dim=2048 --images=2000 --batch_size=128 \
+      [--steps=200] [--backend=thread|tf] [--workers=N] [--json]
 
 Figures are measured, never projected, unless a line says PROJECTION.
 """
@@ -34,7 +35,9 @@ flags.DEFINE_integer("slice_images", None,
 flags.DEFINE_integer("steps", 5, "train_step/pipeline: timed steps after the first.")
 flags.DEFINE_integer("feature_dim", 2048, "pipeline: feature size.")
 flags.DEFINE_integer("batch_size", 128, "pipeline: global batch.")
-flags.DEFINE_enum("backend", "auto", ["auto", "tf", "thread"], "pipeline: prefetching backend.")
+flags.DEFINE_enum("backend", "thread", ["auto", "tf", "thread"],
+                  "pipeline: who makes batches ahead (auto: the default, thread).")
+flags.DEFINE_integer("workers", None, "pipeline: threads making batches (default min(4, CPUs)).")
 FLAGS = flags.FLAGS
 
 
@@ -61,7 +64,8 @@ def _pipeline():
   from camp_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
   result = pipeline.run(regions=FLAGS.regions, feature_dim=FLAGS.feature_dim,
                         images=FLAGS.images, batch_size=FLAGS.batch_size,
-                        steps=FLAGS.steps, backend=FLAGS.backend)
+                        steps=FLAGS.steps, workers=FLAGS.workers,
+                        backend="thread" if FLAGS.backend == "auto" else FLAGS.backend)
   return result, pipeline.describe(result)
 
 

@@ -10,6 +10,7 @@ Features stay memory-mapped: COCO train is ~33 GB.
 import dataclasses
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 
@@ -106,17 +107,7 @@ def read_split(data_dir: str | os.PathLike, split: str, *, captions_per_image: i
     if not os.path.isfile(p):
       raise FileNotFoundError(f"{p}: missing file for split {split!r} of the precomp folder "
                               f"{data_dir} (expected {split}_ims.npy and {split}_caps.txt)")
-  try:
-    rows = np.load(ims_path, mmap_mode="r", allow_pickle=False)
-  except ValueError as e:
-    raise ValueError(f"{ims_path}: not a plain .npy array ({e})") from e
-  if rows.dtype != np.float32:
-    raise ValueError(f"{ims_path}: expected dtype float32, got {rows.dtype}")
-  if rows.ndim != 3:
-    raise ValueError(f"{ims_path}: expected rank 3 (images, regions, dim), got shape "
-                     f"{rows.shape}")
-  if rows.shape[0] == 0:
-    raise ValueError(f"{ims_path}: no images")
+  rows = open_features(ims_path)
   captions = read_captions(caps_path)
   k, n, c = captions_per_image, rows.shape[0], len(captions)
   if n * k == c:
@@ -136,13 +127,38 @@ def read_split(data_dir: str | os.PathLike, split: str, *, captions_per_image: i
                       captions_per_image=k, per_caption_layout=per_caption)
 
 
-def check_feature_file(ims_path: str | os.PathLike, img_dim: int) -> None:
-  """Reads only the .npy header; raises unless the region features are (N, R, img_dim)."""
-  ims_path = pathlib.Path(ims_path)
-  if not ims_path.is_file():
+def open_features(ims_path: str | os.PathLike, img_dim: int | None = None) -> np.ndarray:
+  """The region features of a `{split}_ims.npy`, memory-mapped (only the header is read).
+
+  Raises, naming the file, unless they are float32 (images, regions, dim) with at least one
+  image and, if `img_dim` is given, dim == img_dim.
+  """
+  if not os.path.isfile(ims_path):
     raise FileNotFoundError(f"{ims_path}: no such feature file (expected a precomp folder "
                             "with {split}_ims.npy and {split}_caps.txt)")
-  shape = np.load(ims_path, mmap_mode="r", allow_pickle=False).shape
-  if len(shape) != 3 or shape[-1] != img_dim:
-    raise ValueError(f"{ims_path}: region features have shape {shape}, but the model expects "
-                     f"(images, regions, {img_dim}) (model img_dim={img_dim})")
+  try:
+    rows = np.load(ims_path, mmap_mode="r", allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{ims_path}: not a plain .npy array ({e})") from e
+  if not isinstance(rows, np.ndarray):  # An .npz archive.
+    rows.close()
+    raise ValueError(f"{ims_path}: not a plain .npy array (a {type(rows).__name__})")
+  if rows.dtype != np.float32:
+    raise ValueError(f"{ims_path}: expected dtype float32, got {rows.dtype}")
+  if rows.ndim != 3 or (img_dim is not None and rows.shape[-1] != img_dim):
+    want = "(images, regions, dim)" if img_dim is None else f"(images, regions, {img_dim})"
+    model = "" if img_dim is None else f" (model img_dim={img_dim})"
+    raise ValueError(f"{ims_path}: region features have shape {rows.shape}; expected "
+                     f"{want}{model}")
+  if rows.shape[0] == 0:
+    raise ValueError(f"{ims_path}: no images")
+  return rows
+
+
+def check_feature_file(ims_path: str | os.PathLike, img_dim: int,
+                       check_finite: bool = False) -> None:
+  """Raises, naming the file, unless its features are float32 (N, R, img_dim) (header only)
+  and, with `check_finite`, all finite (reads the whole file once, in chunks)."""
+  rows = open_features(ims_path, img_dim)
+  if check_finite:
+    assert_finite(rows, os.fspath(ims_path))

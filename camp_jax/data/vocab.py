@@ -11,6 +11,7 @@ Ids come out exactly as stored, so embedding rows of imported checkpoints line u
 import collections
 import json
 import os
+import pathlib
 import pickle
 from typing import Iterable, Mapping
 
@@ -18,7 +19,11 @@ from camp_jax.data import tokenizer
 
 
 class Vocabulary:
-  """word <-> id map with <pad>=0, <start>=1, <end>=2, <unk>=3."""
+  """word <-> id map with <pad>=0, <start>=1, <end>=2, <unk>=3.
+
+  `path`: the file `load_vocab` read it from (None if built in memory).
+  """
+  path: pathlib.Path | None = None
 
   def __init__(self, words: Iterable[str] = ()):
     self.word2idx: dict[str, int] = {}
@@ -149,7 +154,12 @@ def _from_fields(fields: Mapping, path: str) -> Vocabulary:
 
 def load_vocab(path: str | os.PathLike) -> Vocabulary:
   """Reads a SCAN-style JSON or a pickled `vocab.Vocabulary`, detected by content."""
-  path = os.fspath(path)
+  vocab = _read(os.fspath(path))
+  vocab.path = pathlib.Path(path)
+  return vocab
+
+
+def _read(path: str) -> Vocabulary:
   with open(path, "rb") as f:
     head = f.read(64)
   if head[:1] == b"\x80" or head[:1] in (b"c", b"("):  # Pickle PROTO opcode or protocol 0.
