@@ -111,4 +111,11 @@ def call(main, argv: list[str]) -> int:
   """Runs a tool's main in this process as `python -m ...` would (flags parsed from `argv`,
   errors as `run` shows them) and returns its exit code: for tests and notebooks."""
   FLAGS.unparse_flags()
-  return guarded(main)(FLAGS([sys.argv[0], *argv])) or 0
+  for name in [n for n in FLAGS if n.startswith("config.")]:
+    delattr(FLAGS, name)  # Override flags that config_flags defined in an earlier call.
+  saved, sys.argv = sys.argv, [sys.argv[0], *argv]  # config_flags reads its overrides here.
+  try:
+    parsed = FLAGS(sys.argv)
+  finally:
+    sys.argv = saved
+  return guarded(main)(parsed) or 0

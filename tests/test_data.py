@@ -17,12 +17,15 @@ def _config(kind, folder, vocab=""):
 
 
 def test_synthetic_is_generated_on_first_use(tmp_path):
-  config = _config("synthetic", tmp_path / "synth", vocab=str(tmp_path / "ignored.json"))
+  config = _config("synthetic", tmp_path / "synth")
   split = data.load_split(config, "dev")
   assert (split.num_images, split.num_regions, split.feature_dim) == (4, 3, 5)
   assert split.path == str(tmp_path / "synth")
   vocab = data.load_vocab(config)
   assert vocab.path == tmp_path / "synth" / "vocab.json"  # The set's own vocabulary.
+  config.vocab = str(tmp_path / "missing.json")  # A vocabulary named is used, never ignored.
+  with pytest.raises(FileNotFoundError, match="missing.json"):
+    data.load_vocab(config)
   assert vocab == vocab_lib.build_vocab(data.load_split(config, "train").captions, threshold=1)
 
 

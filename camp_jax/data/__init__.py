@@ -40,14 +40,12 @@ def load_split(data_config, name: str) -> precomp.PrecompSplit:
 
 
 def load_vocab(data_config) -> vocab_lib.Vocabulary:
-  """The vocabulary of `config.data`, with the file it came from as `.path`: the synthetic
-  set's own, else `config.data.vocab`, else the precomp folder's vocab.json."""
+  """The vocabulary of `config.data`, with the file it came from as `.path`:
+  `config.data.vocab` when set, else the synthetic or precomp folder's vocab.json."""
   kind = _check_kind(data_config)
-  if kind == "synthetic":
-    path = _folder(data_config) / "vocab.json"
-  elif data_config.vocab:
+  if data_config.vocab:
     path = pathlib.Path(data_config.vocab)
-  elif kind == "precomp":
+  elif kind in ("synthetic", "precomp"):
     path = _folder(data_config) / "vocab.json"
   else:
     raise ValueError("config.data.vocab must name the vocabulary file for TFDS data")
