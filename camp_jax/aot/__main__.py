@@ -5,6 +5,7 @@ r"""Compile a config's train step and eval tile for TPU slices and GPUs, on a CP
       --config.model.dtype=bfloat16
   python -m camp_jax.aot --config=configs/coco.py:stage3 --topology=h100:8,h100:1
   python -m camp_jax.aot --config=configs/coco.py:stage3 --topology=v5e:16x16 --program=eval
+  python -m camp_jax.aot --config=configs/flickr30k.py:stage3 --topology=h100:1 --fit_chunk
 
 TPU topologies need libtpu (pip install -e '.[tpu]'), GPU ones the CUDA plugin
 (pip install -e '.[cuda12]'); neither needs the hardware. Per device it reports memory
@@ -25,6 +26,8 @@ flags.DEFINE_multi_string("topology", None, "CHIP:SHAPE, repeatable or comma-sep
                           "v5e:4x4, v5p:8x8x8, v4:4x4x4, v6e:2x2, h100:8, h200:1, a100-80g:8.")
 flags.DEFINE_list("program", ["train"], "train (the train step), eval (the scoring tile at "
                   "the eval split's size), or both: train,eval.")
+flags.DEFINE_bool("fit_chunk", False, "Also find the largest config.train_caption_chunk whose "
+                  "train step fits the chip (0 = no chunking; one compile per candidate).")
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +41,7 @@ def main(argv) -> int:
   if unknown:
     raise ValueError(f"--program: unknown {unknown}; expected train and/or eval")
   report.prepare(topos)
-  reports = [report.run(FLAGS.config, t, FLAGS.program) for t in topos]
+  reports = [report.run(FLAGS.config, t, FLAGS.program, FLAGS.fit_chunk) for t in topos]
   for r in reports:
     print(report.describe(r))
   if FLAGS.json:

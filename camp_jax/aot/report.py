@@ -17,9 +17,11 @@ def prepare(topos) -> None:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
-def run(config, topo: topology.Topology, programs=("train",)) -> dict:
-  """Compiles `programs` ("train", "eval") of `config` for `topo`; the report as a dict."""
-  from camp_jax.aot import analysis, programs as programs_lib  # pylint: disable=g-import-not-at-top
+def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = False) -> dict:
+  """Compiles `programs` ("train", "eval") of `config` for `topo`; the report as a dict.
+  `fit_chunk`: also search the largest train_caption_chunk that fits (`chunk`)."""
+  # pylint: disable=g-import-not-at-top
+  from camp_jax.aot import analysis, chunk, programs as programs_lib
   devices = topology.devices(topo)
   dtype = config.model.dtype
   out = {"topology": topo.name, "chips": topo.num_devices, "platform": topo.platform,
@@ -29,6 +31,8 @@ def run(config, topo: topology.Topology, programs=("train",)) -> dict:
   for name in programs:
     program = programs_lib.PROGRAMS[name](config, devices)
     out[keys[name]] = analysis.analyze(program, topo, dtype)
+  if fit_chunk:
+    out["largest_fitting_chunk"] = chunk.largest_fitting(config, topo, devices)
   out["mesh"] = next((out[k]["mesh"] for k in keys.values() if k in out), None)
   return out
 
@@ -50,6 +54,14 @@ def _num(x, scale=1.0, fmt="{:.2f}") -> str:
   return "n/a" if x is None else fmt.format(x / scale)
 
 
+def _duration(hours) -> str:
+  if hours is None:
+    return "n/a"
+  if hours >= 1.0:
+    return f"{hours:.2f} h"
+  return f"{hours * 60:.2f} min" if hours * 60 >= 1.0 else f"{hours * 3600:.2f} s"
+
+
 def describe(r: dict) -> str:
   mesh = "x".join(str(v) for v in (r["mesh"] or {}).values())
   lines = [f"{r['topology']}: {r['chips']} x {r['device_kind']}, mesh {r['mesh']} ({mesh}), "
@@ -69,10 +81,16 @@ def describe(r: dict) -> str:
         f"    cost     {_num(p['flops_per_chip'], 1e12, '{:.3f}')} TFLOP, "
         f"{_num(p['hbm_bytes_per_chip'], GIB)} GiB HBM traffic  ({p['cost_source']})",
         f"    roofline {_num(p['roofline_s'], 1e-3, '{:.2f}')} ms ({p['bound']}-bound)  "
-        f"{_num(p.get(f'hours_per_{unit}'), 1.0, '{:.3f}')} h per {unit}  "
+        f"{_duration(p.get(f'hours_per_{unit}'))} per {unit}  "
         f"compile {p['compile_s']:.1f} s"]
     if key == "eval_tile":
       lines.append(f"    tile     {p['image_group']} images x {p['caption_chunk']} captions "
                    f"(blocks of {p['caption_block']}), {p['tiles']} tiles for "
                    f"{p['eval_images']} x {p['eval_captions']} ({p['eval_split']})")
+  fit = r.get("largest_fitting_chunk")
+  if fit:
+    tried = ", ".join(f"{t['chunk']}: {_num(t['memory_per_chip_bytes'], GIB)} GiB"
+                      for t in fit["tried"])
+    lines.append(f"  largest train_caption_chunk that fits: {fit['chunk']} (0 = no chunking; "
+                 f"tried {tried})")
   return "\n".join(lines)
