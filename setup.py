@@ -27,5 +27,9 @@ setuptools.setup(
         # Only to read the authors' .pth.tar checkpoints.
         "torch": ["torch>=2.6"],
         "test": ["pytest>=8"],
+        # Accelerators, each in one resolve with the core's jax pin (also what
+        # `python -m camp_jax.aot` needs to compile for TPU slices / GPUs on a CPU machine).
+        "tpu": ["jax[tpu]>=0.10.2,<0.12"],
+        "cuda12": ["jax[cuda12]>=0.10.2,<0.12"],
     },
 )

@@ -1,0 +1,101 @@
+"""Lower and compile a program for compile-only devices; read memory, cost and a roofline.
+
+  report = analyze(compiled_program, topology, dtype)   # one dict, the same for TPU and GPU
+
+Per device: argument, output, temporary and alias bytes from `memory_analysis()`, their
+total against the chip's HBM, FLOPs and HBM bytes per call from `cost_analysis()`, the
+compile time, and a roofline time max(FLOPs / peak, bytes / bandwidth). The CUDA plugin
+returns no cost analysis: GPU programs take FLOPs and bytes from the same program compiled
+for as many CPU devices on the same mesh shape (`hlo_cost`), and say so in `cost_source`.
+"""
+import dataclasses
+import time
+from typing import Any, Callable
+
+from camp_jax.aot import chips, topology
+
+TRITON_HINT = ("XLA's Triton GEMM emitter failed on this program; compile with "
+               "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (issue 16)")
+
+
+@dataclasses.dataclass
+class Program:
+  """A jitted function and abstract arguments (ShapeDtypeStructs with shardings)."""
+  name: str                       # "train_step" or "eval_tile"
+  fn: Any                         # jax.jit(...) result
+  args: tuple
+  kwargs: dict
+  info: dict                      # shapes and plan, reported as they are
+  calls: float = 1.0              # calls per unit of work (steps per epoch, tiles per eval)
+  unit: str = "epoch"
+  # Rebuilds the program on other devices (same mesh shape): for GPU cost on CPU devices.
+  rebuild: Callable | None = None
+
+
+def compile_program(program: Program):
+  """(compiled, compile seconds); XLA errors with a known cause become one-line errors."""
+  start = time.perf_counter()
+  try:
+    compiled = program.fn.lower(*program.args, **program.kwargs).compile()
+  except Exception as e:  # pylint: disable=broad-except
+    text = str(e)
+    if "tile sizes" in text or "triton" in text.lower():
+      first = text.strip().splitlines()[0][:300]
+      raise RuntimeError(f"{program.name}: {TRITON_HINT}. XLA said: {first}") from None
+    if "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text:
+      first = text.strip().splitlines()[0][:400]
+      raise RuntimeError(f"{program.name} does not fit the device memory: {first}") from None
+    raise
+  return compiled, time.perf_counter() - start
+
+
+def memory(compiled) -> dict:
+  m = compiled.memory_analysis()
+  out = {k: int(getattr(m, f"{k}_size_in_bytes"))
+         for k in ("argument", "output", "temp", "alias", "generated_code")}
+  # Donated arguments alias outputs: count those bytes once.
+  out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"]
+  return out
+
+
+def cost(compiled) -> dict | None:
+  c = compiled.cost_analysis()
+  if isinstance(c, (list, tuple)):
+    c = c[0] if c else None
+  if not c or "flops" not in c:
+    return None
+  return {"flops": float(c["flops"]), "bytes": float(c.get("bytes accessed", 0.0))}
+
+
+def roofline(flops: float | None, hbm_bytes: float | None, chip: chips.Chip,
+             dtype: str) -> dict:
+  if flops is None or hbm_bytes is None:
+    return {"roofline_s": None, "bound": None}
+  compute_s, memory_s = flops / chip.peak_flops(dtype), hbm_bytes / chip.hbm_bytes_per_s
+  return {"roofline_s": max(compute_s, memory_s), "compute_s": compute_s, "memory_s": memory_s,
+          "bound": "compute" if compute_s >= memory_s else "memory"}
+
+
+def analyze(program: Program, topo: topology.Topology, dtype: str) -> dict:
+  """Compiles `program` and reports per device (see the module docstring)."""
+  from camp_jax.aot import hlo_cost  # pylint: disable=g-import-not-at-top
+  compiled, compile_s = compile_program(program)
+  mem = memory(compiled)
+  measured, source = cost(compiled), "xla"
+  if measured is None:
+    measured, source = hlo_cost.cpu_cost(program, topo.num_devices)
+  flops = measured and measured["flops"]
+  hbm = measured and measured["bytes"]
+  roof = roofline(flops, hbm, topo.chip, dtype)
+  report = {
+      "flops_per_chip": flops, "hbm_bytes_per_chip": hbm, "cost_source": source,
+      "memory_per_chip_bytes": mem["total"], "hbm_capacity_bytes": topo.chip.hbm_bytes,
+      "fits": mem["total"] <= topo.chip.hbm_bytes,
+      "argument_bytes": mem["argument"], "output_bytes": mem["output"],
+      "temp_bytes": mem["temp"], "alias_bytes": mem["alias"],
+      "compile_s": compile_s, "peak_flops": topo.chip.peak_flops(dtype),
+      "hbm_bytes_per_s": topo.chip.hbm_bytes_per_s, **roof, **program.info,
+  }
+  if roof["roofline_s"] is not None:
+    report[f"hours_per_{program.unit}"] = roof["roofline_s"] * program.calls / 3600
+  return report

@@ -1,0 +1,124 @@
+"""The project's own programs, described abstractly for a device list.
+
+  train_program(config, devices) -> analysis.Program    train.make_train_step, real state
+  eval_program(config, devices)  -> analysis.Program    scoring's tile at the eval split size
+
+Nothing here copies the train step: the state is `train.create_train_state` under
+`jax.eval_shape` (on one CPU device; only shapes are kept), the step is
+`train.make_train_step` on the mesh `sharding.mesh_shape` picks for the device count.
+"""
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from camp_jax import models, scoring, sharding, train
+from camp_jax.aot import analysis, workload
+
+SDS = jax.ShapeDtypeStruct
+
+
+def _with_sharding(tree, sharding_):
+  return jax.tree.map(lambda x: SDS(x.shape, x.dtype, sharding=sharding_), tree)
+
+
+def _model(config, wl: workload.Workload):
+  model_cfg = models.model_config(config, wl.vocab_size, wl.img_dim)
+  return models.build(model_cfg), model_cfg
+
+
+def _mesh(config, devices, batch: int):
+  shape = sharding.mesh_shape(len(devices), batch, config.mesh)
+  return sharding.make_mesh(shape, devices)
+
+
+def _cpu_mesh():
+  return sharding.make_mesh((1, 1), jax.devices("cpu")[:1])
+
+
+def train_program(config, devices) -> analysis.Program:
+  """train.make_train_step of `config` for `devices`, with abstract state and batch."""
+  config = config.copy_and_resolve_references()
+  config.init_from = ""                                  # shapes only: nothing to restore
+  wl = workload.for_config(config)
+  model, model_cfg = _model(config, wl)
+  mesh = _mesh(config, devices, wl.batch_size)
+  made = {}
+
+  def init():
+    state, tx, schedule = train.create_train_state(config, model, model_cfg,
+                                                   wl.steps_per_epoch, _cpu_mesh())
+    made.update(tx=tx, schedule=schedule)
+    return state
+
+  state = _with_sharding(jax.eval_shape(init), sharding.replicated(mesh))
+  rows = sharding.batch_sharding(mesh)
+  batch = {"images": SDS((wl.batch_size, wl.regions, wl.img_dim), jnp.float32, sharding=rows),
+           "tokens": SDS((wl.batch_size, wl.caption_width), jnp.int32, sharding=rows),
+           "lengths": SDS((wl.batch_size,), jnp.int32, sharding=rows)}
+  step = train.make_train_step(model, made["tx"], made["schedule"], config, mesh)
+  info = {"mesh": dict(mesh.shape), "batch_size": wl.batch_size, "dataset": wl.dataset,
+          "regions": wl.regions, "caption_width": wl.caption_width,
+          "train_caption_chunk": config.train_caption_chunk, "dtype": config.model.dtype,
+          "variant": config.model.variant, "steps_per_epoch": wl.steps_per_epoch}
+  return analysis.Program("train_step", step, (state, batch), {}, info,
+                          calls=wl.steps_per_epoch, unit="epoch",
+                          rebuild=lambda d: train_program(config, d))
+
+
+def tile_plan(n_img: int, n_cap: int, regions: int, width: int, dim: int, n_dev: int,
+              platform: str, image_tile: int = 128, caption_chunk: int = 2048) -> dict:
+  """score_matrix's sizes for its widest caption bucket: images per device and group,
+  captions per chunk and per block, and how many tiles the split takes (an upper bound:
+  every caption counted at the widest bucket)."""
+  # pylint: disable=protected-access
+  max_tile = scoring.default_tile_bytes(platform)
+  most_pairs = max(1, max_tile // scoring.pair_bytes(regions, width, dim))
+  groups, per_dev = scoring._split(-(-n_img // n_dev), min(image_tile, most_pairs))
+  block = max(1, min(n_cap, max_tile // scoring.pair_bytes(regions, width, dim) // per_dev))
+  parts, size = scoring._split(n_cap, min(caption_chunk, n_cap))
+  blocks, block = scoring._split(size, block)
+  return {"images_per_device": per_dev, "image_group": n_dev * per_dev, "groups": groups,
+          "caption_chunk": blocks * block, "caption_block": block, "chunks": parts,
+          "tiles": groups * parts}
+
+
+def eval_program(config, devices, platform: str | None = None) -> analysis.Program:
+  """scoring._score_tile: one image group (split over every device) x one caption chunk,
+  at the config's first eval split (all captions at the widest bucket). `platform` sizes
+  the tiles (default: the devices'), so a CPU rebuild keeps the accelerator's plan."""
+  config = config.copy_and_resolve_references()
+  wl = workload.for_config(config)
+  model, model_cfg = _model(config, wl)
+  if not model.PAIRWISE:
+    raise ValueError(f"model {model_cfg['name']!r} scores by one matrix product; the eval "
+                     "tile analysis is for pairwise (CAMP) models")
+  dim = model_cfg["embed_dim"]
+  width = max(wl.caption_width, model_cfg.get("pad_words_to") or 0)
+  mesh = sharding.make_mesh((len(devices), 1), devices)
+  platform = platform or np.asarray(devices).flat[0].platform
+  plan = tile_plan(wl.eval_images, wl.eval_captions, wl.regions, width, dim, mesh.size,
+                   platform)
+  params = jax.eval_shape(functools.partial(train.init_params, model, model_cfg),
+                          jax.random.key(0))
+  img = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="image_features"),
+                       params, SDS((plan["image_group"], wl.regions, dim), jnp.float32))
+  rep = sharding.replicated(mesh)
+  args = (model, _with_sharding(params, rep), _with_sharding(img, sharding.flat_sharding(mesh)),
+          SDS((plan["caption_chunk"], width, dim), jnp.float32, sharding=rep),
+          SDS((plan["caption_chunk"], width), jnp.bool_, sharding=rep))
+  info = {"mesh": dict(mesh.shape), "eval_split": wl.eval_split,
+          "eval_images": wl.eval_images, "eval_captions": wl.eval_captions,
+          "caption_width": width, "embed_dim": dim, "dtype": config.model.dtype, **plan,
+          "pairs_per_tile": plan["image_group"] * plan["caption_chunk"],
+          "tile_fraction_of_split": plan["image_group"] * plan["caption_chunk"]
+                                    / math.prod((wl.eval_images, wl.eval_captions))}
+  return analysis.Program("eval_tile", scoring._score_tile, args,  # pylint: disable=protected-access
+                          {"mesh": mesh, "block": plan["caption_block"]}, info,
+                          calls=plan["tiles"], unit="eval",
+                          rebuild=lambda d: eval_program(config, d, platform))
+
+
+PROGRAMS = {"train": train_program, "eval": eval_program}

@@ -1,0 +1,96 @@
+"""One topology's report: both programs analysed, as a dict (JSON) and as a readable table."""
+import os
+
+from camp_jax.aot import hlo_cost, topology
+
+GIB = float(1 << 30)
+
+
+def prepare(topos) -> None:
+  """Process set-up before jax starts its backends: plugin environment, CPU devices for
+  the GPU cost analysis, and CPU as the default backend (compile-only devices come from
+  the topology API whatever the default is)."""
+  topology.prepare_env({t.platform for t in topos})
+  gpus = [t.num_devices for t in topos if t.platform == "cuda"]
+  if gpus:
+    hlo_cost.request_cpu_devices(max(gpus))
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = False) -> dict:
+  """Compiles `programs` ("train", "eval") of `config` for `topo`; the report as a dict.
+  `fit_chunk`: also search the largest train_caption_chunk that fits (`chunk`)."""
+  # pylint: disable=g-import-not-at-top
+  from camp_jax.aot import analysis, chunk, programs as programs_lib
+  devices = topology.devices(topo)
+  dtype = config.model.dtype
+  out = {"topology": topo.name, "chips": topo.num_devices, "platform": topo.platform,
+         "device_kind": devices[0].device_kind, "batch_size": config.batch_size,
+         "dtype": dtype}
+  keys = {"train": "train_step", "eval": "eval_tile"}
+  for name in programs:
+    program = programs_lib.PROGRAMS[name](config, devices)
+    out[keys[name]] = analysis.analyze(program, topo, dtype)
+  if fit_chunk:
+    out["largest_fitting_chunk"] = chunk.largest_fitting(config, topo, devices)
+  out["mesh"] = next((out[k]["mesh"] for k in keys.values() if k in out), None)
+  return out
+
+
+def not_fitting(reports) -> list[str]:
+  """One line per program that does not fit its chip's memory."""
+  lines = []
+  for r in reports:
+    for key in ("train_step", "eval_tile"):
+      p = r.get(key)
+      if p and not p["fits"]:
+        need, have = p["memory_per_chip_bytes"] / GIB, p["hbm_capacity_bytes"] / GIB
+        lines.append(f"{key} on {r['topology']} needs {need:.2f} GiB per chip, "
+                     f"{need - have:.2f} GiB more than the {have:.1f} GiB of HBM")
+  return lines
+
+
+def _num(x, scale=1.0, fmt="{:.2f}") -> str:
+  return "n/a" if x is None else fmt.format(x / scale)
+
+
+def _duration(hours) -> str:
+  if hours is None:
+    return "n/a"
+  if hours >= 1.0:
+    return f"{hours:.2f} h"
+  return f"{hours * 60:.2f} min" if hours * 60 >= 1.0 else f"{hours * 3600:.2f} s"
+
+
+def describe(r: dict) -> str:
+  mesh = "x".join(str(v) for v in (r["mesh"] or {}).values())
+  lines = [f"{r['topology']}: {r['chips']} x {r['device_kind']}, mesh {r['mesh']} ({mesh}), "
+           f"batch {r['batch_size']}, {r['dtype']}"]
+  for key in ("train_step", "eval_tile"):
+    p = r.get(key)
+    if not p:
+      continue
+    unit = "epoch" if key == "train_step" else "eval"
+    lines += [
+        f"  {key}: per device",
+        f"    memory   {_num(p['memory_per_chip_bytes'], GIB)} GiB of "
+        f"{_num(p['hbm_capacity_bytes'], GIB, '{:.1f}')} GiB  fits: "
+        f"{'yes' if p['fits'] else 'NO'}  (arguments {_num(p['argument_bytes'], GIB)}, "
+        f"outputs {_num(p['output_bytes'], GIB)}, temporaries {_num(p['temp_bytes'], GIB)}, "
+        f"aliased {_num(p['alias_bytes'], GIB)} GiB)",
+        f"    cost     {_num(p['flops_per_chip'], 1e12, '{:.3f}')} TFLOP, "
+        f"{_num(p['hbm_bytes_per_chip'], GIB)} GiB HBM traffic  ({p['cost_source']})",
+        f"    roofline {_num(p['roofline_s'], 1e-3, '{:.2f}')} ms ({p['bound']}-bound)  "
+        f"{_duration(p.get(f'hours_per_{unit}'))} per {unit}  "
+        f"compile {p['compile_s']:.1f} s"]
+    if key == "eval_tile":
+      lines.append(f"    tile     {p['image_group']} images x {p['caption_chunk']} captions "
+                   f"(blocks of {p['caption_block']}), {p['tiles']} tiles for "
+                   f"{p['eval_images']} x {p['eval_captions']} ({p['eval_split']})")
+  fit = r.get("largest_fitting_chunk")
+  if fit:
+    tried = ", ".join(f"{t['chunk']}: {_num(t['memory_per_chip_bytes'], GIB)} GiB"
+                      for t in fit["tried"])
+    lines.append(f"  largest train_caption_chunk that fits: {fit['chunk']} (0 = no chunking; "
+                 f"tried {tried})")
+  return "\n".join(lines)

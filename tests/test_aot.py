@@ -1,0 +1,124 @@
+"""Compile-only analysis (python -m camp_jax.aot) for TPU slices and GPUs, without either.
+
+TPU tests need libtpu (pip install -e '.[tpu]'), GPU tests the CUDA plugin
+(pip install -e '.[cuda12]'); each is skipped, with that reason, where it is missing.
+One tiny train-step compile per platform keeps the file near a minute.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from camp_jax import cli
+from camp_jax.aot import __main__ as aot_main
+from camp_jax.aot import analysis, chips, programs, topology
+from configs import default
+
+TPU = pytest.mark.skipif(not topology.available("tpu"),
+                         reason=f"libtpu is not installed ({topology.INSTALL['tpu']})")
+GPU = pytest.mark.skipif(not topology.available("cuda"),
+                         reason=f"the CUDA plugin is not installed ({topology.INSTALL['cuda']})")
+TINY = "--config=configs/default.py:tiny"
+
+
+def _cli_json(capsys, *args) -> tuple[int, dict | None, str]:
+  code = cli.call(aot_main.main, list(args))
+  out, err = capsys.readouterr()
+  lines = out.strip().splitlines()
+  return code, (json.loads(lines[-1]) if "--json" in args and lines else None), err
+
+
+def test_topology_names():
+  assert topology.parse("v5e:16x16").num_devices == 256
+  assert topology.parse("v5p:8x8x8").num_devices == 512
+  h100 = topology.parse("h100:16")
+  assert (h100.num_devices, h100.shape, h100.platform) == (16, (2, 8), "cuda")
+  assert [t.name for t in topology.parse_list(["v5e:2x2,h100:1", "a100-80g:8"])] == \
+      ["v5e:2x2", "h100:1", "a100-80g:8"]
+  for bad, says in [("v5e", "CHIP:SHAPE"), ("v9:2x2", "unknown chip"), ("h100:12", "whole"),
+                    ("v5e:2xa", "shape")]:
+    with pytest.raises(ValueError, match=says):
+      topology.parse(bad)
+
+
+def test_gpu_target_config_describes_the_chip():
+  text = chips.get("h100").target_config()
+  assert "core_count: 132" in text and "major: 9" in text
+  assert 'device_description_str: "NVIDIA H100 80GB HBM3"' in text
+  with pytest.raises(ValueError, match="TPU"):
+    chips.get("v5e").target_config()
+
+
+def test_missing_plugin_says_what_to_install(monkeypatch):
+  monkeypatch.setattr(topology.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(RuntimeError, match=r"pip install -e '\.\[cuda12\]'"):
+    topology.devices(topology.parse("h100:1"))
+  with pytest.raises(RuntimeError, match=r"pip install -e '\.\[tpu\]'"):
+    topology.devices(topology.parse("v5e:2x2"))
+
+
+@TPU
+def test_matmul_flops_match_the_count():
+  """The analysis path on a program whose FLOPs are known: 2 m n k, split over 4 chips."""
+  topo = topology.parse("v5e:2x2")
+  mesh = jax.sharding.Mesh(np.array(topology.devices(topo)), ("x",))
+  m, k, n = 1024, 512, 256
+  args = (jax.ShapeDtypeStruct((m, k), jnp.float32, sharding=NamedSharding(mesh, P("x"))),
+          jax.ShapeDtypeStruct((k, n), jnp.float32, sharding=NamedSharding(mesh, P())))
+  program = analysis.Program("matmul", jax.jit(lambda a, b: a @ b), args, {}, {}, calls=10)
+  r = analysis.analyze(program, topo, "float32")
+  assert r["flops_per_chip"] == pytest.approx(2 * m * n * k / 4, rel=0.05)
+  assert r["argument_bytes"] >= 4 * (m * k // 4 + k * n)
+  assert r["output_bytes"] >= 4 * m * n // 4
+  assert r["roofline_s"] == max(r["compute_s"], r["memory_s"]) > 0
+  assert r["hours_per_epoch"] == pytest.approx(10 * r["roofline_s"] / 3600)
+
+
+@TPU
+def test_indivisible_mesh_is_a_clear_error():
+  """What a pod would say at start, before anything compiles (config overrides cannot be
+  parsed twice in one process, so the config is changed here, not on a command line)."""
+  config = default.get_config("tiny")
+  config.batch_size, config.mesh = 30, "4x1"
+  devices = topology.devices(topology.parse("v5e:2x2"))
+  with pytest.raises(ValueError, match="batch of 30 rows cannot be split over 4 image blocks"):
+    programs.train_program(config, devices)
+  config.mesh = "3x1"
+  with pytest.raises(ValueError, match="does not cover the 4 devices"):
+    programs.train_program(config, devices)
+
+
+@TPU
+def test_cli_json_tiny_train_step(capsys):
+  code, r, _ = _cli_json(capsys, TINY, "--topology=v5e:2x2", "--json")
+  assert code == 0
+  assert (r["topology"], r["chips"], r["device_kind"], r["batch_size"]) == \
+      ("v5e:2x2", 4, "TPU v5 lite", 32)
+  assert r["mesh"] == {"images": 4, "captions": 1}
+  p = r["train_step"]
+  assert p["flops_per_chip"] > 0 and p["hbm_bytes_per_chip"] > 0 and p["compile_s"] > 0
+  assert min(p["argument_bytes"], p["output_bytes"], p["temp_bytes"]) > 0
+  # The state is donated: its bytes alias the outputs and count once.
+  assert 0 < p["alias_bytes"] <= min(p["argument_bytes"], p["output_bytes"])
+  assert p["memory_per_chip_bytes"] == (p["argument_bytes"] + p["output_bytes"]
+                                        - p["alias_bytes"] + p["temp_bytes"])
+  assert p["fits"] and p["hbm_capacity_bytes"] == 16 << 30
+  assert p["hours_per_epoch"] == pytest.approx(p["steps_per_epoch"] * p["roofline_s"] / 3600)
+
+
+@GPU
+def test_gpu_tiny_train_step_compiles(capsys):
+  code, r, err = _cli_json(capsys, TINY, "--topology=h100:1", "--json")
+  assert code == 0, err
+  p = r["train_step"]
+  assert r["device_kind"] == "NVIDIA H100 80GB HBM3" and p["fits"]
+  assert p["memory_per_chip_bytes"] > 0 and p["hbm_capacity_bytes"] > 79e9
+
+
+def test_chunk_candidates_largest_first():
+  from camp_jax.aot import chunk  # pylint: disable=g-import-not-at-top
+  assert chunk.candidates(64) == [0, 32, 16, 8, 4, 2]
+  assert chunk.candidates(8, most=10) == [0, 4, 2, 1]
