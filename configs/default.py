@@ -55,7 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.shortlist_loss_weight = 1.0        # VSE++ term aligning the search shortlist embeddings
   c.fast_scoring = True                # hoisted exact scoring in the train step
   c.train_caption_chunk = 0            # >0: each device scores its captions in blocks of this
-                                       # many, recomputed in the backward pass (less memory)
+                                       # many, recomputed in the backward pass (less memory);
+                                       # -1: the largest that fits the device's memory
   c.mesh = ""                          # devices as "IxC" (images x captions) sharing the
                                        # batch's pairs; "": as many image blocks as divide it
   c.optimizer = "adam"                 # adam | sgd

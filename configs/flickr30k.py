@@ -27,9 +27,11 @@ def get_config(arg: str = "stage1"):
   c.data.dev_images = 1000               # the release validates on the first 5,000 captions
   c.model.update(embed_dim=1024, word_dim=300)
   c.shortlist_loss_weight = 0.0
-  # Batch x batch pairs at d=1024 need ~33 GB of activations at once; blocks of 16 captions
-  # (recomputed in the backward pass) bound that to a few GB.
-  c.train_caption_chunk = 16
+  # Batch x batch pairs at d=1024 need ~30 GB of activations on one device; -1 picks, at
+  # start, the largest block of captions whose step fits the device's memory (no chunking
+  # first; blocks are recomputed in the backward pass). `python -m camp_jax.aot --fit_chunk`
+  # tells the same for a TPU slice or GPUs. Set a number (e.g. 16) to fix it.
+  c.train_caption_chunk = -1
   c.num_epochs = 300                     # best-on-dev selection over the whole budget
   c.eval_every_epochs = 1
   c.log_every_steps = 100

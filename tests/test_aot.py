@@ -116,9 +116,3 @@ def test_gpu_tiny_train_step_compiles(capsys):
   p = r["train_step"]
   assert r["device_kind"] == "NVIDIA H100 80GB HBM3" and p["fits"]
   assert p["memory_per_chip_bytes"] > 0 and p["hbm_capacity_bytes"] > 79e9
-
-
-def test_chunk_candidates_largest_first():
-  from camp_jax.aot import chunk  # pylint: disable=g-import-not-at-top
-  assert chunk.candidates(64) == [0, 32, 16, 8, 4, 2]
-  assert chunk.candidates(8, most=10) == [0, 4, 2, 1]

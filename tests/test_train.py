@@ -251,3 +251,13 @@ def test_word_vectors_initialise_the_masked_rows_and_wrong_sizes_are_refused(tmp
   np.save(tmp_path / "vectors.npy", vectors[:10])
   with pytest.raises(ValueError, match=r"vectors\.npy.*10.*12"):
     train.create_train_state(config, model, model_cfg, 8, mesh)
+
+
+def test_auto_caption_chunk_is_the_largest_that_fits():
+  assert train.caption_chunk_candidates(64) == [0, 32, 16, 8, 4, 2]
+  assert train.caption_chunk_candidates(8, most=10) == [0, 4, 2, 1]
+  need = {0: 100, 32: 60, 16: 40, 8: 30}
+  assert train.fitting_caption_chunk(need.get, 200, 64) == 0  # no chunking where it fits
+  assert train.fitting_caption_chunk(need.get, 50, 64) == 16  # 40 <= 0.9 x 50 < 60
+  with pytest.raises(ValueError, match="no chunk fits"):
+    train.fitting_caption_chunk(lambda chunk: 1000, 50, 64)

@@ -1,6 +1,7 @@
 """One topology's report: both programs analysed, as a dict (JSON) and as a readable table."""
 import os
 
+from camp_jax import sharding, train
 from camp_jax.aot import hlo_cost, topology
 
 GIB = float(1 << 30)
@@ -29,12 +30,32 @@ def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = 
          "dtype": dtype}
   keys = {"train": "train_step", "eval": "eval_tile"}
   for name in programs:
+    if name == "train" and config.train_caption_chunk == train.AUTO_CHUNK:
+      out[keys[name]] = _auto_chunk_train(config, topo, devices)
+      continue
     program = programs_lib.PROGRAMS[name](config, devices)
     out[keys[name]] = analysis.analyze(program, topo, dtype)
   if fit_chunk:
     out["largest_fitting_chunk"] = chunk.largest_fitting(config, topo, devices)
   out["mesh"] = next((out[k]["mesh"] for k in keys.values() if k in out), None)
   return out
+
+
+def _auto_chunk_train(config, topo, devices) -> dict:
+  """train_caption_chunk=-1, as a run resolves it (train.resolve_caption_chunk): the first
+  candidate (no chunking, then smaller blocks) whose step fits the chip; one compile each."""
+  from camp_jax.aot import analysis, programs as programs_lib  # pylint: disable=g-import-not-at-top
+  images, captions = sharding.mesh_shape(len(devices), config.batch_size, config.mesh)
+  del images
+  result = None
+  for chunk in train.caption_chunk_candidates(config.batch_size // captions):
+    trial = config.copy_and_resolve_references()
+    trial.train_caption_chunk = chunk
+    result = analysis.analyze(programs_lib.train_program(trial, devices), topo,
+                              config.model.dtype)
+    if result["fits"]:
+      break
+  return result
 
 
 def not_fitting(reports) -> list[str]:

@@ -129,6 +129,11 @@ class TrainIterator:
     width = _bucket(int(self._lengths[captions[valid]].max()), self._buckets)
     return images[self._rows], captions[self._rows], valid[self._rows], width
 
+  @property
+  def max_width(self) -> int:
+    """The widest caption width (length bucket) of any batch: the longest caption's."""
+    return _bucket(int(self._lengths.max()), self._buckets)
+
   def batch(self, global_step: int, images_out: np.ndarray | None = None
             ) -> dict[str, np.ndarray]:
     """This host's part of global batch `global_step`, images read into `images_out`."""
