@@ -20,7 +20,11 @@ run: $(VENV)/.installed
 	$(PY) -m camp_jax.main --config=configs/default.py:stage2 --workdir=$(WORKDIR) \
 	    --config.init_from=$(WORKDIR)/stage1
 
-test: $(VENV)/.installed
+$(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+test: $(VENV)/.test-installed
 	$(PY) -m pytest -q tests
 
 clean:
