@@ -6,7 +6,7 @@ setuptools.setup(
     version="0.1.0",
     description="CAMP text-image retrieval (ICCV 2019) in JAX/Flax for TPU and GPU.",
     packages=setuptools.find_packages(include=["camp_jax", "camp_jax.*"]),
-    python_requires=">=3.11"  # jax 0.10 needs it,
+    python_requires=">=3.11",  # jax 0.10 needs it
     install_requires=[
         "jax>=0.10.2,<0.12",
         "flax>=0.12.8,<0.13",
