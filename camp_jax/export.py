@@ -21,6 +21,7 @@ argument, so the artifacts stay small and run with jax and numpy alone:
   exp = jax.export.deserialize(open("BUNDLE/stablehlo/score_matrix.bin", "rb").read())
   scores = exp.call(dict(np.load("BUNDLE/params.npz")), img_emb, cap_emb, cap_mask)
 """
+import functools
 import json
 import os
 import pathlib
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camp_jax import bundle, cli, models
+from camp_jax import bundle, cli, models, scoring
 
 ARTIFACT_VERSION = 1
 STABLEHLO_DIR = "stablehlo"
@@ -44,20 +45,77 @@ def _dims(spec: str, scope, constraints=()):
   return jax.export.symbolic_shape(spec, scope=scope, constraints=constraints)
 
 
-def _score_matrix_fn(model):
-  """(params, (N, R, d), (M, L, d), (M, L)) -> (N, M); one image at a time bounds memory."""
+def caption_block_for(embed_dim: int) -> int:
+  """Captions per block of the exported `score_matrix`: a CPU-cache-sized working set."""
+  return max(1, scoring.default_tile_bytes("cpu") // scoring.pair_bytes(36, 24, embed_dim))
+
+
+def _trimmed(width, fn):
+  """fn(emb, mask) on the first `width` word slots (zero-padded up to it); None: all."""
+  def call(emb, mask):
+    if width is None:
+      return fn(emb, mask)
+    keep = jax.core.min_dim(width, emb.shape[1])
+    pad = ((0, 0), (0, width - keep))
+    return fn(jnp.pad(emb[:, :keep], pad + ((0, 0),)), jnp.pad(mask[:, :keep], pad))
+  return call
+
+
+def _by_blocks(fn, emb, mask, block: int, n_out: int):
+  """fn(emb, mask) -> (n_out, b) over blocks of `block` rows, then on the rest: (n_out, M).
+
+  A loop whose trip count M // block may be 0 (sizes are symbolic), reading from copies
+  padded by one block so that every slice fits.
+  """
+  m = emb.shape[0]
+  full = m // block * block
+  pad = lambda x: jnp.pad(x, ((0, block),) + ((0, 0),) * (x.ndim - 1))
+  emb_pad, mask_pad = pad(emb), pad(mask)
+
+  def body(k, out):
+    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, k * block, block)
+    return jax.lax.dynamic_update_slice_in_dim(out, fn(rows(emb_pad), rows(mask_pad)),
+                                               k * block, axis=1)
+
+  out = jax.lax.fori_loop(0, m // block, body, jnp.zeros((n_out, m + block), jnp.float32))
+  return jnp.concatenate([out[:, :full], fn(emb[full:], mask[full:])], axis=1)
+
+
+def _score_matrix_fn(model, block: int):
+  """(params, (N, R, d), (M, L, d), (M, L)) -> (N, M).
+
+  CAMP by its hoisted exact path, as `camp_jax.scoring.score_matrix` does it: captions
+  sorted by length, in blocks of `block` trimmed to the smallest bucket width that holds
+  them (`lax.switch` over the static widths), each block scored one image at a time, so
+  memory is bounded by the image features and one block. Two-tower models score directly.
+  """
+  if not model.PAIRWISE:
+    return lambda params, *args: model.apply({"params": params}, *args, method="score_matrix")
+  widths = scoring.DEFAULT_BUCKETS
 
   def score_matrix(params, img_emb, cap_emb, cap_mask):
-    def one_image(regions):
-      return model.apply({"params": params}, regions[None], cap_emb, cap_mask,
-                         method="score_matrix")[0]
-    return jax.lax.map(one_image, img_emb)
+    apply = functools.partial(model.apply, {"params": params})
+    img = apply(img_emb, method="image_features")
+
+    def scores(emb, mask):                                         # (b, w, d), (b, w) -> (N, b)
+      cap = apply(emb, mask, method="caption_features")
+      one = lambda i: apply(jax.tree.map(lambda x: x[None], i), cap, method="pair_scores")[0]
+      return jax.lax.map(one, img)
+
+    branches = [_trimmed(w, scores) for w in widths] + [_trimmed(None, scores)]
+    by_width = lambda emb, mask: jax.lax.switch(
+        jnp.searchsorted(jnp.asarray(widths), jnp.max(jnp.sum(mask, 1), initial=0)),
+        branches, emb, mask)
+    order = jnp.argsort(jnp.sum(cap_mask, 1))
+    out = _by_blocks(by_width, cap_emb[order], cap_mask[order], block, img_emb.shape[0])
+    return out[:, jnp.argsort(order)]
 
   return score_matrix
 
 
-def _signatures(model_config: dict) -> dict:
-  """name -> (function of (params, *args), [(arg name, shape spec, dtype)], output names)."""
+def _signatures(model_config: dict, caption_block: int | None = None) -> dict:
+  """name -> (function of (params, *args), [(arg name, shape spec, dtype)], output names,
+  constraints); `caption_block`: captions per block of score_matrix (default by d)."""
   model = models.build(model_config)
   d, img_dim = model_config["embed_dim"], model_config["img_dim"]
 
@@ -76,15 +134,17 @@ def _signatures(model_config: dict) -> dict:
       "encode_captions": (method("encode_captions"), [("tokens", "M, T", "int32"),
                                                       ("lengths", "M", "int32")],
                           ["cap_emb", "cap_mask"], t_constraints),
-      "score_matrix": (_score_matrix_fn(model), embeddings, ["scores"], ()),
+      "score_matrix": (_score_matrix_fn(model, caption_block or caption_block_for(d)),
+                       embeddings, ["scores"], ()),
   }
   sigs["image_vectors"] = (method("image_vectors"), embeddings[:1], ["img_vec"], ())
   sigs["caption_vectors"] = (method("caption_vectors"), embeddings[1:], ["cap_vec"], ())
   return sigs
 
 
-def export_functions(model_config: dict, params) -> tuple[dict, dict]:
-  """Lowers the model's functions with symbolic sizes.
+def export_functions(model_config: dict, params,
+                     caption_block: int | None = None) -> tuple[dict, dict]:
+  """Lowers the model's functions with symbolic sizes (`caption_block`: see _signatures).
 
   Returns:
     ({name: jax.export.Exported}, {name: JSON-able description of its signature}).
@@ -92,7 +152,7 @@ def export_functions(model_config: dict, params) -> tuple[dict, dict]:
   flat = bundle.flatten_params(params)
   param_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()}
   exported, described = {}, {}
-  for name, (fn, args, outputs, constraints) in _signatures(model_config).items():
+  for name, (fn, args, outputs, constraints) in _signatures(model_config, caption_block).items():
     scope = jax.export.SymbolicScope(constraints)
     specs = [jax.ShapeDtypeStruct(_dims(shape, scope), jnp.dtype(dtype))
              for _, shape, dtype in args]
@@ -146,9 +206,11 @@ def write_stablehlo(bundle_dir: str | os.PathLike, model_config: dict, params) -
           "platforms": list(PLATFORMS), "params": "../params.npz", "functions": described}
   (out / "signatures.json").write_text(json.dumps(meta, indent=2) + "\n")
   pad = model_config.get("pad_words_to")
-  notes = (f"This stage-1 model needs token arrays with T >= {pad} columns." if pad else
-           "score_matrix scores one image at a time against all captions; call it on caption "
+  notes = ("score_matrix computes per-image features of all N images at once (about "
+           "7 x R x d floats each), then scores captions block by block; call it on image "
            "tiles to bound memory.")
+  if pad:
+    notes += f" This stage-1 model needs token arrays with T >= {pad} columns."
   (out / "README.md").write_text(_README.format(jax_version=jax.__version__, platforms=PLATFORMS,
                                                 img_dim=model_config["img_dim"], notes=notes))
   return out

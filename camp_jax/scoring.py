@@ -240,8 +240,12 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
     chunk: captions per rematerialised block on each device (`caption_chunked`); 0: all.
   """
   def local(params, img_emb, cap_emb, cap_mask):
-    fn = lambda i, c, m: model.apply({"params": params}, i, c, m, method="fast_score_matrix")
-    return caption_chunked(fn, img_emb, cap_emb, cap_mask, chunk)
+    apply = functools.partial(model.apply, {"params": params})
+    # Per-image features once, outside the (rematerialised) caption blocks.
+    fn = lambda img, c, m: apply(img, apply(c, m, method="caption_features"),
+                                 method="pair_scores")
+    return caption_chunked(fn, apply(img_emb, method="image_features"), cap_emb, cap_mask,
+                           chunk)
 
   images, captions = sharding.AXES
   return jax.shard_map(local, mesh=mesh,
@@ -249,7 +253,7 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
                        out_specs=P(images, captions))(params, img_emb, cap_emb, cap_mask)
 
 
-def caption_chunked(score_fn, img_emb, cap_emb, cap_mask, chunk: int) -> jax.Array:
+def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int) -> jax.Array:
   """score_fn over blocks of `chunk` captions, rematerialised: bounded memory under grad.
 
   For the training loss on a large batch: each block's activations are recomputed in the
@@ -257,8 +261,9 @@ def caption_chunked(score_fn, img_emb, cap_emb, cap_mask, chunk: int) -> jax.Arr
   captions.
 
   Args:
-    score_fn: (img_emb, cap_emb, cap_mask) -> (Ni, c) scores.
-    img_emb, cap_emb, cap_mask: (Ni, R, d), (Nc, L, d), (Nc, L).
+    score_fn: (img, cap_emb, cap_mask) -> (Ni, c) scores.
+    img, cap_emb, cap_mask: the images ((Ni, R, d) or a pytree of per-image arrays, used
+      by every block as it is), (Nc, L, d), (Nc, L).
     chunk: captions per block; 0 or >= Nc scores all at once. Must divide Nc.
 
   Returns:
@@ -266,15 +271,15 @@ def caption_chunked(score_fn, img_emb, cap_emb, cap_mask, chunk: int) -> jax.Arr
   """
   n_cap = cap_emb.shape[0]
   if not chunk or chunk >= n_cap:
-    return score_fn(img_emb, cap_emb, cap_mask)
+    return score_fn(img, cap_emb, cap_mask)
   if n_cap % chunk:
     raise ValueError(f"config.train_caption_chunk={chunk} does not divide the {n_cap} "
                      "captions that each device scores (the batch over the mesh's captions "
                      "axis); pick a divisor")
   blocks = (cap_emb.reshape((n_cap // chunk, chunk) + cap_emb.shape[1:]),
             cap_mask.reshape((n_cap // chunk, chunk) + cap_mask.shape[1:]))
-  block_scores = jax.lax.map(jax.checkpoint(lambda b: score_fn(img_emb, *b)), blocks)
-  return jnp.moveaxis(block_scores, 0, 1).reshape(img_emb.shape[0], n_cap)
+  block_scores = jax.lax.map(jax.checkpoint(lambda b: score_fn(img, *b)), blocks)
+  return jnp.moveaxis(block_scores, 0, 1).reshape(block_scores.shape[1], n_cap)
 
 
 def reference_score_matrix(model, params, img_emb, cap_emb, cap_mask,

@@ -161,3 +161,30 @@ def test_urls_are_refused_instead_of_written_to_a_local_folder(exported, tmp_pat
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "--workdir=gs://bucket/run: URLs are not supported" in proc.stderr
   assert not list(tmp_path.glob("gs:*")) and not list(helpers.REPO.glob("gs:*"))
+
+
+def test_score_matrix_artifact_is_the_fast_path(exported):
+  """Equal to the inference API, and about as many FLOPs as the hoisted exact path.
+
+  XLA's cost analysis counts a loop body once, so the sizes make every loop of the artifact
+  run once: one image, one block of captions of the full bucket width (50 word slots).
+  """
+  model_config, params, _, _ = bundle.load(exported)
+  block = 6
+  exp, _ = export.export_functions(model_config, params, caption_block=block)
+  rng = np.random.default_rng(3)
+  images = rng.normal(size=(1, 4, CONFIG["img_dim"])).astype(np.float32)
+  tokens = rng.integers(4, len(WORDS) + 4, size=(block, 50)).astype(np.int32)
+  predictor = inference.load(exported)
+  img_emb = predictor.encode_images(images)
+  cap_emb, cap_mask = predictor.encode_captions(tokens, np.full(block, 50, np.int32))
+  flat = bundle.flatten_params(params)
+  call = jax.jit(exp["score_matrix"].call)
+  np.testing.assert_allclose(call(flat, img_emb, cap_emb, cap_mask),
+                             predictor.score_matrix(img_emb, cap_emb, cap_mask), atol=1e-5)
+  model = models.build(model_config)
+  fast = jax.jit(lambda p, *a: model.apply({"params": p}, *a, method="fast_score_matrix"))
+  flops = lambda fn, *args: fn.lower(*args).compile().cost_analysis()["flops"]
+  artifact = flops(call, flat, img_emb, cap_emb, cap_mask)
+  expected = flops(fast, params, img_emb, cap_emb, cap_mask)
+  assert abs(artifact / expected - 1) < 0.2, (artifact, expected)

@@ -2,6 +2,7 @@
 
   scoring     exhaustive scoring: the fast path against the reference, in one run
   train_step  the real jitted train step of a config
+  export      the exported score_matrix artifact against the inference API, in one run
   pipeline    the training input pipeline, in image-caption pairs per second
 """
 import resource

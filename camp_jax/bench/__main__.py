@@ -4,6 +4,7 @@ r"""Benchmarks: python -m camp_jax.bench COMMAND [flags].
   python -m camp_jax.bench scoring --preset=flickr30k_test --reference_captions=100
   python -m camp_jax.bench train_step --config=configs/flickr30k.py:stage3,synthetic \
       --config.batch_size=32 [--config.fast_scoring=False] --steps=2 [--json]
+  python -m camp_jax.bench export --embed_dim=256 --images=20 --captions=400 [--bundle=B] [--json]
   python -m camp_jax.bench pipeline --regions=36 --feature_dim=2048 --images=2000 --batch_size=128 \
       [--steps=200] [--backend=thread|tf] [--workers=N] [--json]
 
@@ -16,13 +17,13 @@ from absl import flags
 from camp_jax import cli
 from camp_jax.bench import scoring as scoring_bench
 
-cli.define("config", "json")
+cli.define("config", "json", "bundle")
 flags.DEFINE_enum("preset", None, sorted(scoring_bench.PRESETS), "scoring: sizes of a preset.")
-flags.DEFINE_integer("images", 20, "scoring/pipeline: images.")
-flags.DEFINE_integer("captions", 500, "scoring: captions.")
-flags.DEFINE_integer("embed_dim", 1024, "scoring: d.")
-flags.DEFINE_integer("img_dim", 2048, "scoring: region feature size.")
-flags.DEFINE_integer("regions", 36, "scoring/pipeline: regions per image.")
+flags.DEFINE_integer("images", 20, "scoring/export/pipeline: images.")
+flags.DEFINE_integer("captions", 500, "scoring/export: captions.")
+flags.DEFINE_integer("embed_dim", 1024, "scoring/export: d (export: without --bundle).")
+flags.DEFINE_integer("img_dim", 2048, "scoring/export: region feature size.")
+flags.DEFINE_integer("regions", 36, "scoring/export/pipeline: regions per image.")
 flags.DEFINE_enum("variant", "gate_fusion", ["gate_fusion", "cross_attention"], "scoring: model.")
 flags.DEFINE_integer("pad_words_to", None, "scoring: stage-1 slots (default 50).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "scoring: compute dtype.")
@@ -32,6 +33,7 @@ flags.DEFINE_integer("reference_captions", None,
 flags.DEFINE_bool("fast_only", False, "scoring: skip the reference path.")
 flags.DEFINE_integer("slice_images", None,
                      "scoring: score this many images (all captions), project the full time.")
+flags.DEFINE_integer("repeats", 3, "export: timed runs of each side, best kept.")
 flags.DEFINE_integer("steps", 5, "train_step/pipeline: timed steps after the first.")
 flags.DEFINE_integer("feature_dim", 2048, "pipeline: feature size.")
 flags.DEFINE_integer("batch_size", 128, "pipeline: global batch.")
@@ -60,6 +62,14 @@ def _train_step():
   return result, train_step.describe(result)
 
 
+def _export():
+  from camp_jax.bench import export  # pylint: disable=g-import-not-at-top
+  result = export.run(images=FLAGS.images, captions=FLAGS.captions, embed_dim=FLAGS.embed_dim,
+                      img_dim=FLAGS.img_dim, regions=FLAGS.regions, bundle_dir=FLAGS.bundle,
+                      repeats=FLAGS.repeats)
+  return result, export.describe(result)
+
+
 def _pipeline():
   from camp_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
   result = pipeline.run(regions=FLAGS.regions, feature_dim=FLAGS.feature_dim,
@@ -69,7 +79,8 @@ def _pipeline():
   return result, pipeline.describe(result)
 
 
-COMMANDS = {"scoring": _scoring, "train_step": _train_step, "pipeline": _pipeline}
+COMMANDS = {"scoring": _scoring, "train_step": _train_step, "export": _export,
+            "pipeline": _pipeline}
 
 
 def main(argv) -> int:

@@ -18,10 +18,12 @@ def run(config, steps: int = 5) -> dict:
   mesh = train.make_mesh(config)
   steps_per_epoch = max(1, split.num_images // config.batch_size)
   state, tx, schedule = train.create_train_state(config, model, model_cfg, steps_per_epoch, mesh)
-  step = train.make_train_step(model, tx, schedule, config, mesh)
   with pipeline.train_batches(split, vocab, global_batch_size=config.batch_size,
                               seed=0) as batches:
     batch = sharding.global_batch(next(batches), mesh, config.batch_size)
+  config = train.resolve_caption_chunk(config, model, tx, schedule, mesh, state,
+                                       jax.tree.map(lambda x: x.shape, batch))
+  step = train.make_train_step(model, tx, schedule, config, mesh)
   start = time.perf_counter()
   state, aux = step(state, batch)
   jax.block_until_ready(aux)

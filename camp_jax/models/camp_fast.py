@@ -116,7 +116,8 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
   """Scores of every image x caption from `image_features` and `caption_features`: (Ni, Nc)."""
   r, n_words = img["gram"].shape[-1], cap["t"].shape[1]
   mask = cap["mask"][None, :, None, :]                                         # (1, c, 1, L)
-  logits = _dot("ikd,cld->ickl", img["stack"], cap["t"], dtype)               # (i, c, kR, L)
+  # (i, c, kR, L); contracting in the stack's own layout spares a transposed copy of it.
+  logits = jnp.swapaxes(_dot("ikd,cld->ikcl", img["stack"], cap["t"], dtype), 1, 2)
   a = _masked_softmax(logits[:, :, :r], mask)                                  # A (i, c, R, L)
   b_t = jax.nn.softmax(logits[:, :, r:2 * r], axis=-2)                         # B^T (i, c, R, L)
   # Second attention on the region side: C = softmax(A G_t A^T), E = C A.
@@ -138,7 +139,7 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
       pad_logits = jnp.einsum("is,icsm->icm", jnp.mean(img["gram"], axis=1), b_t)
       pad_d = _masked_softmax(pad_logits, cap["mask"][None, :, :])
       f_pad = jnp.einsum("icm,icrm->icr", pad_d, b_t)
-      slots = max(n_words, pad_words_to)
+      slots = jax.core.max_dim(n_words, pad_words_to)
       row_w = (f.sum(2) + (slots - n_words) * f_pad) / slots
     t = _dot("icr,ird->icd", row_w, img["v"], dtype)
     v = v * _inv_norm(jnp.sum(v * v, -1, keepdims=True))
@@ -163,9 +164,8 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
   t = _dot("icl,icld->icd", w_t, x_t, dtype) + _dot("icl,cld->icd", w_t, cap["t"], dtype)
   v = v * _inv_norm(jnp.sum(v * v, -1, keepdims=True))
   t = t * _inv_norm(jnp.sum(t * t, -1, keepdims=True))
-  head, d = fp["fc_out"], v.shape[-1]
-  hidden = jax.nn.relu(_dot("icd,de->ice", v, head["hidden"]["kernel"][:d], dtype)
-                       + _dot("icd,de->ice", t, head["hidden"]["kernel"][d:], dtype)
-                       + head["hidden"]["bias"])
+  head = fp["fc_out"]                        # One product with the whole kernel: no slices.
+  hidden = jax.nn.relu(_dot("icd,de->ice", jnp.concatenate([v, t], -1),
+                            head["hidden"]["kernel"], dtype) + head["hidden"]["bias"])
   return jax.nn.sigmoid(_dot("ice,eo->ico", hidden, head["out"]["kernel"], dtype)[..., 0]
                         + head["out"]["bias"][0])
