@@ -102,10 +102,28 @@ def caption_features(fp: dict, cap_emb: jax.Array, cap_mask: jax.Array, variant:
   return out
 
 
+def _head_logits(hidden, kernel, dtype):
+  """(i, c, n, e) x (e, heads) -> (i, c, n, heads), rounded like `_dot`.
+
+  On GPUs as one broadcast product per head: XLA's Triton GEMM emitter finds no tiles for
+  the backward of a dot that contracts over 4 heads (the train step does not compile for
+  H100 with default flags). CPUs and TPUs keep the dot, which they fuse better.
+  """
+  def as_dot(hidden, kernel):
+    return _dot("icne,eh->icnh", hidden, kernel, dtype)
+
+  def as_products(hidden, kernel):
+    h, k = hidden.astype(dtype).astype(F32), kernel.astype(dtype).astype(F32)
+    out = jnp.stack([jnp.sum(h * k[:, j], -1) for j in range(k.shape[1])], -1)
+    return out.astype(dtype).astype(F32)
+
+  return jax.lax.platform_dependent(hidden, kernel, cuda=as_products, default=as_dot)
+
+
 def _pool_weights(head, x, bias_rows, mask, dtype):
   """Head-averaged attention-pooling weights of rows relu(x W + b_rows) -> (..., n)."""
   hidden = jax.nn.relu(_dot("icnd,de->icne", x, head["hidden"]["kernel"], dtype) + bias_rows)
-  logits = _dot("icne,eh->icnh", hidden, head["heads"]["kernel"], dtype) + head["heads"]["bias"]
+  logits = _head_logits(hidden, head["heads"]["kernel"], dtype) + head["heads"]["bias"]
   if mask is not None:
     logits = jnp.where(mask[..., None], logits, MASKED_LOGIT)
   return jnp.mean(jax.nn.softmax(logits, axis=-2), axis=-1)
