@@ -9,7 +9,6 @@ Tensorflow is imported only by the input pipeline and the metric writers, inside
 `train_and_evaluate`.
 """
 import functools
-import os
 import pathlib
 import re
 import signal
@@ -25,7 +24,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from camp_jax import checkpoints, distributed, evaluate, losses, models, scoring, sharding
+from camp_jax import (checkpoints, chunking, distributed, evaluate, losses, models, scoring,
+                      sharding)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -135,51 +135,12 @@ def make_train_step(model, tx, schedule, config, mesh):
                  out_shardings=sharding.replicated(mesh), donate_argnums=(0,))
 
 
-AUTO_CHUNK = -1  # config.train_caption_chunk: pick from the device's memory.
-
-
-def device_memory_bytes(device) -> int:
-  """What one device can hold: its allocator's limit, or this host's RAM shared by its
-  devices (CPU, where jax reports no limit)."""
-  limit = (device.memory_stats() or {}).get("bytes_limit")
-  if limit:
-    return int(limit)
-  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // jax.local_device_count()
-
-
-def caption_chunk_candidates(captions_per_device: int, most: int = 6) -> list[int]:
-  """0 (no chunking), then the largest proper divisors of the captions per device."""
-  divisors = [c for c in range(captions_per_device - 1, 0, -1) if captions_per_device % c == 0]
-  return ([0] + divisors)[:most]
-
-
-def fitting_caption_chunk(memory_of, capacity: int, captions_per_device: int,
-                          headroom: float = 0.9) -> int:
-  """The largest train_caption_chunk whose step fits `headroom` x `capacity` bytes.
-
-  `memory_of(chunk)` compiles the step with that chunk and returns its bytes per device.
-  Chunks recompute each block of captions in the backward pass: wasted work where the
-  whole block of pairs fits, so no chunking is tried first.
-  """
-  tried = []
-  for chunk in caption_chunk_candidates(captions_per_device):
-    need = memory_of(chunk)
-    tried.append(f"{chunk}: {need / 2**30:.2f} GiB")
-    if need <= headroom * capacity:
-      logging.info("train_caption_chunk=%d: the step needs %.2f GiB of %.2f GiB per device "
-                   "(tried %s)", chunk, need / 2**30, capacity / 2**30, ", ".join(tried))
-      return chunk
-  raise ValueError(f"config.train_caption_chunk=-1: no chunk fits {capacity / 2**30:.1f} GiB "
-                   f"per device (tried {', '.join(tried)}); lower config.batch_size or use "
-                   "more devices")
-
-
 def resolve_caption_chunk(config, model, tx, schedule, mesh, state, batch_shape: dict):
   """config, with train_caption_chunk = -1 (auto) replaced by the largest that fits.
 
   batch_shape: {"images": (B, R, F), "tokens": (B, T), "lengths": (B,)}, the widest batch.
   """
-  if config.train_caption_chunk != AUTO_CHUNK:
+  if config.train_caption_chunk != chunking.AUTO:
     return config
   batch = {k: jax.ShapeDtypeStruct(shape, jnp.float32 if k == "images" else jnp.int32,
                                    sharding=sharding.batch_sharding(mesh))
@@ -194,8 +155,8 @@ def resolve_caption_chunk(config, model, tx, schedule, mesh, state, batch_shape:
             - m.alias_size_in_bytes)
 
   resolved = config.copy_and_resolve_references()
-  resolved.train_caption_chunk = fitting_caption_chunk(
-      memory_of, device_memory_bytes(mesh.devices.flat[0]),
+  resolved.train_caption_chunk = chunking.largest_fitting(
+      memory_of, chunking.device_memory_bytes(mesh.devices.flat[0]),
       config.batch_size // mesh.shape[sharding.AXES[1]])
   return resolved
 

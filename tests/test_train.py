@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from camp_jax import train
+from camp_jax import chunking, train
 from configs import default
 from tests.helpers import (REPO, TINY_EPOCHS, checkpoint_steps, cpu_env, run_tiny, tiny_main,
                            wait_for_checkpoint)
@@ -254,10 +254,10 @@ def test_word_vectors_initialise_the_masked_rows_and_wrong_sizes_are_refused(tmp
 
 
 def test_auto_caption_chunk_is_the_largest_that_fits():
-  assert train.caption_chunk_candidates(64) == [0, 32, 16, 8, 4, 2]
-  assert train.caption_chunk_candidates(8, most=10) == [0, 4, 2, 1]
+  assert chunking.candidates(64) == [0, 32, 16, 8, 4, 2]
+  assert chunking.candidates(8, most=10) == [0, 4, 2, 1]
   need = {0: 100, 32: 60, 16: 40, 8: 30}
-  assert train.fitting_caption_chunk(need.get, 200, 64) == 0  # no chunking where it fits
-  assert train.fitting_caption_chunk(need.get, 50, 64) == 16  # 40 <= 0.9 x 50 < 60
+  assert chunking.largest_fitting(need.get, 200, 64) == 0  # no chunking where it fits
+  assert chunking.largest_fitting(need.get, 50, 64) == 16  # 40 <= 0.9 x 50 < 60
   with pytest.raises(ValueError, match="no chunk fits"):
-    train.fitting_caption_chunk(lambda chunk: 1000, 50, 64)
+    chunking.largest_fitting(lambda chunk: 1000, 50, 64)

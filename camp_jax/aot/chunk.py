@@ -6,7 +6,7 @@ recomputation is wasted work. Candidates, largest first: 0 (no chunking: every c
 device scores at once), then the divisors of the captions per device. Each candidate is one
 compile; the first that fits is the answer.
 """
-from camp_jax import sharding, train
+from camp_jax import chunking, sharding
 from camp_jax.aot import analysis, programs, topology
 
 
@@ -15,7 +15,7 @@ def largest_fitting(config, topo: topology.Topology, devices) -> dict:
   images, captions = sharding.mesh_shape(len(devices), config.batch_size, config.mesh)
   del images
   tried = []
-  for chunk in train.caption_chunk_candidates(config.batch_size // captions):
+  for chunk in chunking.candidates(config.batch_size // captions):
     trial = config.copy_and_resolve_references()
     trial.train_caption_chunk = chunk
     try:

@@ -1,7 +1,7 @@
 """One topology's report: both programs analysed, as a dict (JSON) and as a readable table."""
 import os
 
-from camp_jax import sharding, train
+from camp_jax import chunking, sharding
 from camp_jax.aot import hlo_cost, topology
 
 GIB = float(1 << 30)
@@ -30,7 +30,7 @@ def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = 
          "dtype": dtype}
   keys = {"train": "train_step", "eval": "eval_tile"}
   for name in programs:
-    if name == "train" and config.train_caption_chunk == train.AUTO_CHUNK:
+    if name == "train" and config.train_caption_chunk == chunking.AUTO:
       out[keys[name]] = _auto_chunk_train(config, topo, devices)
       continue
     program = programs_lib.PROGRAMS[name](config, devices)
@@ -48,7 +48,7 @@ def _auto_chunk_train(config, topo, devices) -> dict:
   images, captions = sharding.mesh_shape(len(devices), config.batch_size, config.mesh)
   del images
   result = None
-  for chunk in train.caption_chunk_candidates(config.batch_size // captions):
+  for chunk in chunking.candidates(config.batch_size // captions):
     trial = config.copy_and_resolve_references()
     trial.train_caption_chunk = chunk
     result = analysis.analyze(programs_lib.train_program(trial, devices), topo,
