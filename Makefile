@@ -20,8 +20,13 @@ run: $(VENV)/.installed
 	$(PY) -m camp_jax.main --config=configs/default.py:stage2 --workdir=$(WORKDIR) \
 	    --config.init_from=$(WORKDIR)/stage1
 
+# libtpu goes beside the venv, not in it: CPU runs never probe for a TPU, and the tests'
+# compile-only TPU checks load it through TPU_LIBRARY_PATH (tests/conftest.py). Only for the
+# jax whose libtpu is known (jax 0.10.2 -> libtpu 0.0.42); elsewhere those tests skip.
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
+	if $(PY) -c 'import jax, sys; sys.exit(jax.__version__ != "0.10.2")'; then \
+	  $(PY) -m pip install -q --no-deps --target $(VENV)/tpu-plugin 'libtpu==0.0.42.*'; fi
 	touch $@
 
 test: $(VENV)/.test-installed

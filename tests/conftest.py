@@ -5,11 +5,17 @@ how they were made), so a fresh clone tests parity with nothing beside it.
 """
 import os
 import pathlib
+import sys
 
 import pytest
 
 # Keep JAX on the CPU and quiet; tests that need several devices start their own process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# `make test` puts libtpu beside the venv, not in it (so CPU runs never probe for a TPU);
+# the compile-only TPU tests load it from there.
+_LIBTPU = pathlib.Path(sys.prefix) / "tpu-plugin" / "libtpu" / "libtpu.so"
+if _LIBTPU.is_file():
+  os.environ.setdefault("TPU_LIBRARY_PATH", str(_LIBTPU))
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "torch_reference"

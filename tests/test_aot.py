@@ -54,6 +54,7 @@ def test_gpu_target_config_describes_the_chip():
 
 def test_missing_plugin_says_what_to_install(monkeypatch):
   monkeypatch.setattr(topology.importlib.util, "find_spec", lambda name: None)
+  monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
   with pytest.raises(RuntimeError, match=r"pip install -e '\.\[cuda12\]'"):
     topology.devices(topology.parse("h100:1"))
   with pytest.raises(RuntimeError, match=r"pip install -e '\.\[tpu\]'"):

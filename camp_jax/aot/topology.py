@@ -77,6 +77,8 @@ def prepare_env(platforms) -> None:
 
 def _require(platform: str) -> None:
   module = {"tpu": "libtpu", "cuda": "jax_cuda12_plugin"}[platform]
+  if platform == "tpu" and os.path.isfile(os.environ.get("TPU_LIBRARY_PATH", "")):
+    return  # jax loads libtpu from there, as on TPU VM images
   if importlib.util.find_spec(module) is None:
     what = "libtpu" if platform == "tpu" else "the CUDA plugin (jax-cuda12-plugin)"
     raise RuntimeError(f"compiling for {platform.upper()} needs {what}, which is not "
