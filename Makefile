@@ -26,7 +26,7 @@ run: $(VENV)/.installed
 $(VENV)/.test-installed: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	if $(PY) -c 'import jax, sys; sys.exit(jax.__version__ != "0.10.2")'; then \
-	  $(PY) -m pip install -q --no-deps --target $(VENV)/tpu-plugin 'libtpu==0.0.42.*'; fi
+	  $(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/tpu-plugin 'libtpu==0.0.42.*'; fi
 	touch $@
 
 test: $(VENV)/.test-installed
