@@ -1,5 +1,8 @@
 r"""The Flickr30K recipe on COCO precomp; evaluation on 5K test (testall) and its 5 folds of 1K.
 
+It follows configs/flickr30k.py stage for stage and changes only the data and the
+evaluation; for SCAN's COCO schedule add --config.num_epochs=20 --config.lr_update=10.
+
   python -m camp_jax.main --config=configs/coco.py:stage1 --workdir=runs/coco_s1 \
       --config.data.dir=data/coco_precomp --config.data.vocab=vocab/coco_precomp_vocab.pkl
 """
