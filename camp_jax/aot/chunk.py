@@ -10,14 +10,19 @@ from camp_jax import chunking, sharding
 from camp_jax.aot import analysis, programs, topology
 
 
-def largest_fitting(config, topo: topology.Topology, devices) -> dict:
-  """{"chunk": the largest chunk that fits or None, "tried": [{chunk, memory, fits}, ...]}."""
-  images, captions = sharding.mesh_shape(len(devices), config.batch_size, config.mesh)
-  del images
-  tried = []
+def trials(config, devices):
+  """(chunk, config with that chunk) for each candidate: no chunking, then smaller blocks."""
+  _, captions = sharding.mesh_shape(len(devices), config.batch_size, config.mesh)
   for chunk in chunking.candidates(config.batch_size // captions):
     trial = config.copy_and_resolve_references()
     trial.train_caption_chunk = chunk
+    yield chunk, trial
+
+
+def largest_fitting(config, topo: topology.Topology, devices) -> dict:
+  """{"chunk": the largest chunk that fits or None, "tried": [{chunk, memory, fits}, ...]}."""
+  tried = []
+  for chunk, trial in trials(config, devices):
     try:
       compiled, compile_s = analysis.compile_program(programs.train_program(trial, devices))
     except RuntimeError as e:  # A TPU compile refuses a program over the chip's HBM.

@@ -1,7 +1,7 @@
 """One topology's report: both programs analysed, as a dict (JSON) and as a readable table."""
 import os
 
-from camp_jax import chunking, sharding
+from camp_jax import chunking
 from camp_jax.aot import hlo_cost, topology
 
 GIB = float(1 << 30)
@@ -44,13 +44,9 @@ def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = 
 def _auto_chunk_train(config, topo, devices) -> dict:
   """train_caption_chunk=-1, as a run resolves it (train.resolve_caption_chunk): the first
   candidate (no chunking, then smaller blocks) whose step fits the chip; one compile each."""
-  from camp_jax.aot import analysis, programs as programs_lib  # pylint: disable=g-import-not-at-top
-  images, captions = sharding.mesh_shape(len(devices), config.batch_size, config.mesh)
-  del images
+  from camp_jax.aot import analysis, chunk, programs as programs_lib  # pylint: disable=g-import-not-at-top
   result = None
-  for chunk in chunking.candidates(config.batch_size // captions):
-    trial = config.copy_and_resolve_references()
-    trial.train_caption_chunk = chunk
+  for _, trial in chunk.trials(config, devices):
     result = analysis.analyze(programs_lib.train_program(trial, devices), topo,
                               config.model.dtype)
     if result["fits"]:
