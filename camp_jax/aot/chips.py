@@ -34,6 +34,9 @@ class Chip:
   f32_flops: float          # float32 matmuls at jax's default precision (see above)
   chips_per_host: int
   gpu: dict | None = None   # GPU only: the fields of the GpuTargetConfigProto
+  # TPU only: libtpu topology options. v4 runs as one device per chip ("megacore", as jax
+  # uses it on a v4 VM); libtpu's compile-only default is one device per TensorCore.
+  tpu_options: dict | None = None
 
   def peak_flops(self, dtype: str) -> float:
     return self.bf16_flops if dtype == "bfloat16" else self.f32_flops
@@ -67,7 +70,8 @@ _HOPPER = dict(sms=132, fpus_per_sm=128, smem_per_sm=233472, smem_per_block_opti
                l2_bytes=50 << 20, clock_ghz=1.98, cc=(9, 0))
 
 CHIPS = {c.name: c for c in [
-    Chip("v4", "tpu", "TPU v4", 32 * GIB, 1200e9, 275e12, 275e12, 4),
+    Chip("v4", "tpu", "TPU v4", 32 * GIB, 1200e9, 275e12, 275e12, 4,
+         tpu_options={"chip_config_name": "megacore"}),
     Chip("v5e", "tpu", "TPU v5 lite", 16 * GIB, 819e9, 197e12, 197e12, 4),
     Chip("v5p", "tpu", "TPU v5", 95 * GIB, 2765e9, 459e12, 459e12, 4),
     Chip("v6e", "tpu", "TPU v6 lite", 32 * GIB, 1640e9, 918e12, 918e12, 4),

@@ -98,7 +98,8 @@ def devices(topo: Topology) -> list:
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
   _require(topo.platform)
   if topo.platform == "tpu":
-    desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name)
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name,
+                                        **(topo.chip.tpu_options or {}))
   else:
     prepare_env(("cuda",))
     grid = "1x{}x{}".format(*topo.shape)  # slices x hosts x GPUs per host
