@@ -45,9 +45,14 @@ def _dims(spec: str, scope, constraints=()):
   return jax.export.symbolic_shape(spec, scope=scope, constraints=constraints)
 
 
+IMAGE_GROUP = 8  # Images scored together in the exported score_matrix.
+
+
 def caption_block_for(embed_dim: int) -> int:
-  """Captions per block of the exported `score_matrix`: a CPU-cache-sized working set."""
-  return max(1, scoring.default_tile_bytes("cpu") // scoring.pair_bytes(36, 24, embed_dim))
+  """Captions per block of the exported `score_matrix`: IMAGE_GROUP images x the block
+  make a CPU-cache-sized working set, as `scoring.score_matrix`'s tiles do."""
+  pairs = scoring.default_tile_bytes("cpu") // scoring.pair_bytes(36, 24, embed_dim)
+  return max(1, pairs // IMAGE_GROUP)
 
 
 def _trimmed(width, fn):
@@ -61,24 +66,28 @@ def _trimmed(width, fn):
   return call
 
 
-def _by_blocks(fn, emb, mask, block: int, n_out: int):
-  """fn(emb, mask) -> (n_out, b) over blocks of `block` rows, then on the rest: (n_out, M).
+def _by_blocks(fn, xs, block: int, axis: int):
+  """fn(xs) over blocks of `block` leading rows of the pytree `xs`, then on the rest, with
+  the results joined along `axis`.
 
   A loop whose trip count M // block may be 0 (sizes are symbolic), reading from copies
   padded by one block so that every slice fits.
   """
-  m = emb.shape[0]
+  m = jax.tree.leaves(xs)[0].shape[0]
   full = m // block * block
-  pad = lambda x: jnp.pad(x, ((0, block),) + ((0, 0),) * (x.ndim - 1))
-  emb_pad, mask_pad = pad(emb), pad(mask)
+  padded = jax.tree.map(lambda x: jnp.pad(x, ((0, block),) + ((0, 0),) * (x.ndim - 1)), xs)
+  rows = lambda k: jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, k * block, block),
+                                padded)
+  first = jax.eval_shape(fn, rows(0))
+  out_shape = list(first.shape)
+  out_shape[axis] = m + block
 
   def body(k, out):
-    rows = lambda x: jax.lax.dynamic_slice_in_dim(x, k * block, block)
-    return jax.lax.dynamic_update_slice_in_dim(out, fn(rows(emb_pad), rows(mask_pad)),
-                                               k * block, axis=1)
+    return jax.lax.dynamic_update_slice_in_dim(out, fn(rows(k)), k * block, axis=axis)
 
-  out = jax.lax.fori_loop(0, m // block, body, jnp.zeros((n_out, m + block), jnp.float32))
-  return jnp.concatenate([out[:, :full], fn(emb[full:], mask[full:])], axis=1)
+  out = jax.lax.fori_loop(0, m // block, body, jnp.zeros(out_shape, first.dtype))
+  rest = fn(jax.tree.map(lambda x: x[full:], xs))
+  return jnp.concatenate([jax.lax.slice_in_dim(out, 0, full, axis=axis), rest], axis=axis)
 
 
 def _score_matrix_fn(model, block: int):
@@ -86,8 +95,9 @@ def _score_matrix_fn(model, block: int):
 
   CAMP by its hoisted exact path, as `camp_jax.scoring.score_matrix` does it: captions
   sorted by length, in blocks of `block` trimmed to the smallest bucket width that holds
-  them (`lax.switch` over the static widths), each block scored one image at a time, so
-  memory is bounded by the image features and one block. Two-tower models score directly.
+  them (`lax.switch` over the static widths), each block scored against groups of
+  IMAGE_GROUP images, so memory is bounded by the image features and one tile. Two-tower
+  models score directly.
   """
   if not model.PAIRWISE:
     return lambda params, *args: model.apply({"params": params}, *args, method="score_matrix")
@@ -99,15 +109,15 @@ def _score_matrix_fn(model, block: int):
 
     def scores(emb, mask):                                         # (b, w, d), (b, w) -> (N, b)
       cap = apply(emb, mask, method="caption_features")
-      one = lambda i: apply(jax.tree.map(lambda x: x[None], i), cap, method="pair_scores")[0]
-      return jax.lax.map(one, img)
+      group = lambda i: apply(i, cap, method="pair_scores")                  # (g, b)
+      return _by_blocks(group, img, IMAGE_GROUP, axis=0)
 
     branches = [_trimmed(w, scores) for w in widths] + [_trimmed(None, scores)]
     by_width = lambda emb, mask: jax.lax.switch(
         jnp.searchsorted(jnp.asarray(widths), jnp.max(jnp.sum(mask, 1), initial=0)),
         branches, emb, mask)
     order = jnp.argsort(jnp.sum(cap_mask, 1))
-    out = _by_blocks(by_width, cap_emb[order], cap_mask[order], block, img_emb.shape[0])
+    out = _by_blocks(lambda c: by_width(*c), (cap_emb[order], cap_mask[order]), block, axis=1)
     return out[:, jnp.argsort(order)]
 
   return score_matrix

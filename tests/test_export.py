@@ -167,13 +167,14 @@ def test_score_matrix_artifact_is_the_fast_path(exported):
   """Equal to the inference API, and about as many FLOPs as the hoisted exact path.
 
   XLA's cost analysis counts a loop body once, so the sizes make every loop of the artifact
-  run once: one image, one block of captions of the full bucket width (50 word slots).
+  run once: one group of images, one block of captions of the full bucket width (50 word
+  slots), nothing left over.
   """
   model_config, params, _, _ = bundle.load(exported)
   block = 6
   exp, _ = export.export_functions(model_config, params, caption_block=block)
   rng = np.random.default_rng(3)
-  images = rng.normal(size=(1, 4, CONFIG["img_dim"])).astype(np.float32)
+  images = rng.normal(size=(export.IMAGE_GROUP, 4, CONFIG["img_dim"])).astype(np.float32)
   tokens = rng.integers(4, len(WORDS) + 4, size=(block, 50)).astype(np.int32)
   predictor = inference.load(exported)
   img_emb = predictor.encode_images(images)
