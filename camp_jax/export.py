@@ -66,9 +66,9 @@ def _trimmed(width, fn):
   return call
 
 
-def _by_blocks(fn, xs, block: int, axis: int):
-  """fn(xs) over blocks of `block` leading rows of the pytree `xs`, then on the rest, with
-  the results joined along `axis`.
+def _by_blocks(fn, xs, block: int, axis: int, other):
+  """fn(xs) -> 2-D float32 over blocks of `block` leading rows of the pytree `xs`, then on
+  the rest, joined along `axis` (0 or 1); `other` is the size of the other axis.
 
   A loop whose trip count M // block may be 0 (sizes are symbolic), reading from copies
   padded by one block so that every slice fits.
@@ -78,14 +78,12 @@ def _by_blocks(fn, xs, block: int, axis: int):
   padded = jax.tree.map(lambda x: jnp.pad(x, ((0, block),) + ((0, 0),) * (x.ndim - 1)), xs)
   rows = lambda k: jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, k * block, block),
                                 padded)
-  first = jax.eval_shape(fn, rows(0))
-  out_shape = list(first.shape)
-  out_shape[axis] = m + block
+  out_shape = [m + block, other] if axis == 0 else [other, m + block]
 
   def body(k, out):
     return jax.lax.dynamic_update_slice_in_dim(out, fn(rows(k)), k * block, axis=axis)
 
-  out = jax.lax.fori_loop(0, m // block, body, jnp.zeros(out_shape, first.dtype))
+  out = jax.lax.fori_loop(0, m // block, body, jnp.zeros(out_shape, jnp.float32))
   rest = fn(jax.tree.map(lambda x: x[full:], xs))
   return jnp.concatenate([jax.lax.slice_in_dim(out, 0, full, axis=axis), rest], axis=axis)
 
@@ -110,14 +108,15 @@ def _score_matrix_fn(model, block: int):
     def scores(emb, mask):                                         # (b, w, d), (b, w) -> (N, b)
       cap = apply(emb, mask, method="caption_features")
       group = lambda i: apply(i, cap, method="pair_scores")                  # (g, b)
-      return _by_blocks(group, img, IMAGE_GROUP, axis=0)
+      return _by_blocks(group, img, IMAGE_GROUP, 0, emb.shape[0])
 
     branches = [_trimmed(w, scores) for w in widths] + [_trimmed(None, scores)]
     by_width = lambda emb, mask: jax.lax.switch(
         jnp.searchsorted(jnp.asarray(widths), jnp.max(jnp.sum(mask, 1), initial=0)),
         branches, emb, mask)
     order = jnp.argsort(jnp.sum(cap_mask, 1))
-    out = _by_blocks(lambda c: by_width(*c), (cap_emb[order], cap_mask[order]), block, axis=1)
+    out = _by_blocks(lambda c: by_width(*c), (cap_emb[order], cap_mask[order]), block, 1,
+                     img_emb.shape[0])
     return out[:, jnp.argsort(order)]
 
   return score_matrix
