@@ -1,4 +1,4 @@
-r"""Default run: CAMP on the built-in synthetic dataset, under 5 minutes on 2 CPU cores.
+r"""Default run: CAMP on the built-in synthetic dataset, about 5 minutes on 2 CPU cores.
 
 `make run` trains the released recipe's two stages into one workdir:
 
