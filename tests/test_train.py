@@ -217,7 +217,7 @@ def _chance_rsum(images: int, per_image: int = 5) -> float:
 def test_bfloat16_step_loss_is_within_two_percent_of_float32_and_trains(tiny_data_dir):
   """One step's loss in bfloat16 against float32, then 48 bfloat16 steps (6 tiny epochs)
   must rank the test split well above chance (measured: rsum 147 in bf16, 171 in f32,
-  chance 78)."""
+  chance 77)."""
   from camp_jax import data, evaluate, models, sharding  # pylint: disable=g-import-not-at-top
   from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config = default.get_config("tiny")
