@@ -226,7 +226,7 @@ def score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
 
 
 def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.Mesh,
-                 chunk: int = 0) -> jax.Array:
+                 chunk: int = 0, with_gates: bool = False):
   """The training batch's (B, B) score matrix by the fast path, one block per device.
 
   Device (i, c) of the ("images", "captions") mesh scores image block i against caption
@@ -238,11 +238,16 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
     img_emb, cap_emb, cap_mask: (B, R, d), (B, L, d), (B, L) global arrays.
     mesh: the training mesh.
     chunk: captions per rematerialised block on each device (`caption_chunked`); 0: all.
+    with_gates: also return the full model's gates of every pair, {"region_gate":
+      (B, B, R), "word_gate": (B, B, L)}, split like the scores.
+
+  Returns:
+    scores (B, B), or (scores, gates) with `with_gates`.
   """
   def local(params, img_emb, cap_emb, cap_mask):
     apply = functools.partial(model.apply, {"params": params})
     # Per-image features once, outside the (rematerialised) caption blocks.
-    fn = lambda img, c, m: apply(img, apply(c, m, method="caption_features"),
+    fn = lambda img, c, m: apply(img, apply(c, m, method="caption_features"), with_gates,
                                  method="pair_scores")
     return caption_chunked(fn, apply(img_emb, method="image_features"), cap_emb, cap_mask,
                            chunk)
@@ -253,7 +258,7 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
                        out_specs=P(images, captions))(params, img_emb, cap_emb, cap_mask)
 
 
-def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int) -> jax.Array:
+def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):
   """score_fn over blocks of `chunk` captions, rematerialised: bounded memory under grad.
 
   For the training loss on a large batch: each block's activations are recomputed in the
@@ -261,13 +266,13 @@ def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int) -> jax.Array:
   captions.
 
   Args:
-    score_fn: (img, cap_emb, cap_mask) -> (Ni, c) scores.
+    score_fn: (img, cap_emb, cap_mask) -> (Ni, c, ...) scores, or a pytree of such arrays.
     img, cap_emb, cap_mask: the images ((Ni, R, d) or a pytree of per-image arrays, used
       by every block as it is), (Nc, L, d), (Nc, L).
     chunk: captions per block; 0 or >= Nc scores all at once. Must divide Nc.
 
   Returns:
-    (Ni, Nc).
+    (Ni, Nc, ...), or the pytree of them.
   """
   n_cap = cap_emb.shape[0]
   if not chunk or chunk >= n_cap:
@@ -278,8 +283,9 @@ def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int) -> jax.Array:
                      "axis); pick a divisor")
   blocks = (cap_emb.reshape((n_cap // chunk, chunk) + cap_emb.shape[1:]),
             cap_mask.reshape((n_cap // chunk, chunk) + cap_mask.shape[1:]))
-  block_scores = jax.lax.map(jax.checkpoint(lambda b: score_fn(img, *b)), blocks)
-  return jnp.moveaxis(block_scores, 0, 1).reshape(block_scores.shape[1], n_cap)
+  block_out = jax.lax.map(jax.checkpoint(lambda b: score_fn(img, *b)), blocks)
+  return jax.tree.map(
+      lambda x: jnp.moveaxis(x, 0, 1).reshape((x.shape[1], n_cap) + x.shape[3:]), block_out)
 
 
 def reference_score_matrix(model, params, img_emb, cap_emb, cap_mask,

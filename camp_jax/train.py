@@ -84,9 +84,12 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
   img_emb = jax.lax.with_sharding_constraint(img_emb, sharding.batch_sharding(mesh))
   cap_blocks = jax.lax.with_sharding_constraint((cap_emb, cap_mask),
                                                 sharding.caption_sharding(mesh))
+  gated, gates = getattr(model, "variant", None) == "gate_fusion", None
   if model.PAIRWISE and config.fast_scoring:  # Same scores and gradients, far fewer FLOPs.
     scores = scoring.batch_scores(model, params, img_emb, *cap_blocks, mesh,
-                                  config.train_caption_chunk)
+                                  config.train_caption_chunk, with_gates=gated)
+    if gated:
+      scores, gates = scores
   else:  # The transcription (dropout, VSE): every pair expanded, placed by GSPMD.
     scores = model.apply(variables, img_emb, *cap_blocks, deterministic=False,
                          rngs={"dropout": rng}, method="score_matrix")
@@ -99,12 +102,14 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
     cap_vec = model.apply(variables, cap_emb, cap_mask, method="caption_vectors")
     aux["shortlist_loss"] = losses.max_violation_hinge(img_vec @ cap_vec.T)
     loss = loss + config.shortlist_loss_weight * aux["shortlist_loss"]
-  if getattr(model, "variant", None) == "gate_fusion":
-    # Gate statistics of the positive pairs (one pair per image, cheap next to the loss).
-    out = jax.lax.stop_gradient(model.apply(variables, img_emb, cap_emb, cap_mask,
-                                            method="explain_pair"))
-    aux["region_gate"] = jnp.mean(out["region_gate"])
-    aux["word_gate"] = jnp.sum(out["word_gate"] * cap_mask) / jnp.sum(cap_mask)
+  if gated:  # Gate statistics of the positive pairs: (B, R) and (B, L).
+    if gates is not None:  # The fast path's by-product: the diagonal of every pair's gates.
+      gates = jax.lax.stop_gradient({k: jnp.diagonal(g).T for k, g in gates.items()})
+    else:
+      gates = jax.lax.stop_gradient(model.apply(variables, img_emb, cap_emb, cap_mask,
+                                                method="explain_pair"))
+    aux["region_gate"] = jnp.mean(gates["region_gate"])
+    aux["word_gate"] = jnp.sum(gates["word_gate"] * cap_mask) / jnp.sum(cap_mask)
   return loss, aux
 
 

@@ -155,6 +155,31 @@ def test_frozen_parameters_are_left_out_of_the_gradient_norm():
   assert np.any(after["fusion"]["fc_1"]["kernel"] != before["fusion"]["fc_1"]["kernel"])
 
 
+def test_fast_path_gate_statistics_equal_the_transcriptions():
+  """The positives' gates come from the fast path's scores (rematerialised blocks
+  included) and equal `explain_pair`'s, which the reference path still uses."""
+  from camp_jax import models, sharding  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.variant, config.shortlist_loss_weight = "gate_fusion", 0.0
+  cfg = dict(name="camp", vocab_size=12, word_dim=4, embed_dim=8, img_dim=6, pool_heads=2)
+  model, mesh = models.build(cfg), sharding.make_mesh()
+  params = train.init_params(model, cfg, jax.random.key(1))
+  rng = np.random.default_rng(0)
+  batch = {"images": rng.normal(size=(4, 3, 6)).astype(np.float32),
+           "tokens": rng.integers(4, 12, size=(4, 5)).astype(np.int32),
+           "lengths": np.array([5, 3, 4, 2], np.int32)}
+  aux = {}
+  for fast, chunk in ((False, 0), (True, 0), (True, 2)):
+    config.fast_scoring, config.train_caption_chunk = fast, chunk
+    _, aux[fast, chunk] = train.loss_fn(params, batch, jax.random.key(0), model=model,
+                                        config=config, mesh=mesh)
+  for key in ("loss", "region_gate", "word_gate"):
+    ref = float(aux[False, 0][key])
+    assert 0.0 < ref and (key == "loss" or ref < 1.0)
+    for got in (aux[True, 0], aux[True, 2]):
+      assert float(got[key]) == pytest.approx(ref, abs=1e-6), key
+
+
 def test_learning_rate_follows_the_release_schedule():
   config = default.get_config()
   config.learning_rate, config.batch_size, config.lr_update = 0.002, 256, 2

@@ -1,6 +1,6 @@
 r"""Benchmarks: python -m camp_jax.bench COMMAND [flags].
 
-  python -m camp_jax.bench scoring --embed_dim=1024 --images=10 --captions=300 [--json]
+  python -m camp_jax.bench scoring --embed_dim=1024 --images=10 --captions=300 [--repeats=3] [--json]
   python -m camp_jax.bench scoring --preset=flickr30k_test --reference_captions=100
   python -m camp_jax.bench train_step --config=configs/flickr30k.py:stage3,synthetic \
       --config.batch_size=32 [--config.fast_scoring=False] --steps=2 [--json]
@@ -33,7 +33,8 @@ flags.DEFINE_integer("reference_captions", None,
 flags.DEFINE_bool("fast_only", False, "scoring: skip the reference path.")
 flags.DEFINE_integer("slice_images", None,
                      "scoring: score this many images (all captions), project the full time.")
-flags.DEFINE_integer("repeats", 3, "export: timed runs of each side, best kept.")
+flags.DEFINE_integer("repeats", 3, "scoring/export: timed runs of each side, interleaved, "
+                     "best kept.")
 flags.DEFINE_integer("steps", 5, "train_step/pipeline: timed steps after the first.")
 flags.DEFINE_integer("feature_dim", 2048, "pipeline: feature size.")
 flags.DEFINE_integer("batch_size", 128, "pipeline: global batch.")
@@ -50,7 +51,8 @@ def _scoring():
                              variant=FLAGS.variant, pad_words_to=FLAGS.pad_words_to,
                              dtype=FLAGS.dtype, max_tile_mb=FLAGS.max_tile_mb,
                              reference_captions=FLAGS.reference_captions,
-                             fast_only=FLAGS.fast_only, slice_images=FLAGS.slice_images)
+                             fast_only=FLAGS.fast_only, slice_images=FLAGS.slice_images,
+                             repeats=FLAGS.repeats)
   return result, scoring_bench.describe(result)
 
 

@@ -130,8 +130,12 @@ def _pool_weights(head, x, bias_rows, mask, dtype):
 
 
 def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int | None = None,
-                dtype=F32) -> jax.Array:
-  """Scores of every image x caption from `image_features` and `caption_features`: (Ni, Nc)."""
+                dtype=F32, with_gates: bool = False):
+  """Scores of every image x caption from `image_features` and `caption_features`: (Ni, Nc).
+
+  With `with_gates` (full model only), also its gates, a free by-product: (scores,
+  {"region_gate": (Ni, Nc, R), "word_gate": (Ni, Nc, L)}).
+  """
   r, n_words = img["gram"].shape[-1], cap["t"].shape[1]
   mask = cap["mask"][None, :, None, :]                                         # (1, c, 1, L)
   # (i, c, kR, L); contracting in the stack's own layout spares a transposed copy of it.
@@ -162,18 +166,20 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
     t = _dot("icr,ird->icd", row_w, img["v"], dtype)
     v = v * _inv_norm(jnp.sum(v * v, -1, keepdims=True))
     t = t * _inv_norm(jnp.sum(t * t, -1, keepdims=True))
+    if with_gates:
+      raise ValueError("pair_scores(with_gates=True): the cross_attention variant has no gates")
     return jnp.sum(v * t, axis=-1)
 
   gate_dot = logits[:, :, 2 * r:]                                              # M = V T^T
   # Regions: |Fv_r|^2 = (E H_t E^T)_rr, <V_r, Fv_r> = sum_l E_rl M_rl.
   inv_v = _inv_norm(jnp.sum(jnp.einsum("icrl,clm->icrm", e, cap["sqnorm"]) * e, -1))
-  gate_v = jax.nn.sigmoid(jnp.sum(e * gate_dot, -1) * inv_v)[..., None]
-  x_v = jax.nn.relu(gate_v * (img["fc1"][:, None] + inv_v[..., None] * _dot(
+  gate_v = jax.nn.sigmoid(jnp.sum(e * gate_dot, -1) * inv_v)                   # (i, c, R)
+  x_v = jax.nn.relu(gate_v[..., None] * (img["fc1"][:, None] + inv_v[..., None] * _dot(
       "icrl,cld->icrd", e, cap["fc1"], dtype))).astype(dtype)                  # V' - V
   # Words: |Ft_l|^2 = (F H_v F^T)_ll, <T_l, Ft_l> = sum_r F_lr M_rl.
   inv_t = _inv_norm(jnp.sum(jnp.einsum("iclr,irs->icls", f, img["sqnorm"]) * f, -1))
-  gate_t = jax.nn.sigmoid(jnp.einsum("iclr,icrl->icl", f, gate_dot) * inv_t)[..., None]
-  x_t = jax.nn.relu(gate_t * (cap["fc2"][None] + inv_t[..., None] * _dot(
+  gate_t = jax.nn.sigmoid(jnp.einsum("iclr,icrl->icl", f, gate_dot) * inv_t)  # (i, c, L)
+  x_t = jax.nn.relu(gate_t[..., None] * (cap["fc2"][None] + inv_t[..., None] * _dot(
       "iclr,ird->icld", f, img["fc2"], dtype))).astype(dtype)                  # T' - T
   # Attention pooling of V' = x_v + V and T' = x_t + T, then the score head.
   w_v = _pool_weights(fp["final_reduce_1"], x_v, img["pool"][:, None], None, dtype)
@@ -185,5 +191,6 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
   head = fp["fc_out"]                        # One product with the whole kernel: no slices.
   hidden = jax.nn.relu(_dot("icd,de->ice", jnp.concatenate([v, t], -1),
                             head["hidden"]["kernel"], dtype) + head["hidden"]["bias"])
-  return jax.nn.sigmoid(_dot("ice,eo->ico", hidden, head["out"]["kernel"], dtype)[..., 0]
-                        + head["out"]["bias"][0])
+  scores = jax.nn.sigmoid(_dot("ice,eo->ico", hidden, head["out"]["kernel"], dtype)[..., 0]
+                          + head["out"]["bias"][0])
+  return (scores, {"region_gate": gate_v, "word_gate": gate_t}) if with_gates else scores
