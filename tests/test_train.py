@@ -2,6 +2,7 @@
 
 Runs go through `python -m camp_jax.main` in subprocesses, as a user would start them.
 """
+import functools
 import json
 import math
 import signal
@@ -141,8 +142,8 @@ def test_frozen_parameters_are_left_out_of_the_gradient_norm():
   batch = {"images": rng.normal(size=(4, 3, 6)).astype(np.float32),
            "tokens": rng.integers(4, 12, size=(4, 5)).astype(np.int32),
            "lengths": np.array([5, 3, 4, 2], np.int32)}
-  grads = jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model=model,
-                                           config=config, mesh=mesh)[0])(state.params)
+  grads = jax.jit(jax.grad(lambda p: train.loss_fn(p, batch, jax.random.key(0), model=model,
+                                                   config=config, mesh=mesh)[0]))(state.params)
   expected = np.linalg.norm(np.asarray(grads["fusion"]["fc_1"]["kernel"]))
   before = jax.device_get(state.params)
   state, aux = train.make_train_step(model, tx, schedule, config, mesh)(
@@ -171,8 +172,8 @@ def test_fast_path_gate_statistics_equal_the_transcriptions():
   aux = {}
   for fast, chunk in ((False, 0), (True, 0), (True, 2)):
     config.fast_scoring, config.train_caption_chunk = fast, chunk
-    _, aux[fast, chunk] = train.loss_fn(params, batch, jax.random.key(0), model=model,
-                                        config=config, mesh=mesh)
+    loss_fn = jax.jit(functools.partial(train.loss_fn, model=model, config=config, mesh=mesh))
+    _, aux[fast, chunk] = loss_fn(params, batch, jax.random.key(0))
   for key in ("loss", "region_gate", "word_gate"):
     ref = float(aux[False, 0][key])
     assert 0.0 < ref and (key == "loss" or ref < 1.0)
