@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from camp_jax import cli
 from camp_jax.aot import __main__ as aot_main
-from camp_jax.aot import analysis, chips, programs, topology
+from camp_jax.aot import analysis, chips, hbm, programs, topology
 from configs import default
 
 TPU = pytest.mark.skipif(not topology.available("tpu"),
@@ -144,6 +144,43 @@ def test_cli_json_tiny_train_step(capsys):
                                   feature_dim=tiny.data.synthetic.feature_dim,
                                   word_dim=tiny.model.word_dim)
   assert p["flops_per_chip"] == pytest.approx(expected, rel=0.10)
+  # Where the bytes go: an estimate near XLA's total, largest first, naming JAX operations.
+  assert p["traffic_estimate_bytes"] == pytest.approx(p["hbm_bytes_per_chip"], rel=0.35)
+  sizes = [row["bytes"] for row in p["traffic_by_op"]]
+  assert len(sizes) == analysis.TRAFFIC_ROWS and sizes == sorted(sizes, reverse=True)
+  assert any("pair_scores" in row["op"] or "icnd,de->icne" in row["op"]
+             for row in p["traffic_by_op"])
+
+
+def test_traffic_by_op_counts_operands_and_results_once_per_operation():
+  text = """HloModule m
+
+%fused (p0: f32[4,8]) -> f32[4,8] {
+  %p0 = f32[4,8]{1,0} parameter(0)
+  ROOT %e = f32[4,8]{1,0} exponential(%p0)
+}
+
+%body (s: (s32[], f32[4,8])) -> (s32[], f32[4,8]) {
+  %s = (s32[], f32[4,8]{1,0}) parameter(0)
+  %x = f32[4,8]{1,0} get-tuple-element(%s), index=1
+  %y = f32[4,8]{1,0} fusion(%x), calls=%fused, metadata={op_name="jit(f)/while/body/exp"}
+  ROOT %t = (s32[], f32[4,8]{1,0}) tuple(%i, %y)
+}
+
+ENTRY %main (a: f32[4,8], b: f32[8,2]) -> f32[4,2] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %b = f32[8,2]{1,0} parameter(1)
+  %w = (s32[], f32[4,8]{1,0}) while(%init), condition=%cond, body=%body
+  %c = f32[4,2]{1,0} dot(%a, %b), metadata={op_name="jit(f)/transpose(jvp())/mm/dot_general"}
+  ROOT %d = bf16[4,2]{1,0} convert(%c)
+}
+"""
+  total, rows = hbm.traffic_by_op(text)
+  assert hbm.array_bytes("(f32[8,4]{1,0}, s32[])") == 132
+  assert rows == [("forward body/exp", "fusion", 4 * 64),             # in the loop body
+                  ("backward mm/dot_general", "dot", 4 * (32 + 16 + 8)),
+                  ("(no JAX op)", "convert", 4 * 8 + 2 * 8)]
+  assert total == sum(r[2] for r in rows)
 
 
 @GPU

@@ -4,7 +4,8 @@
 
 Per device: argument, output, temporary and alias bytes from `memory_analysis()`, their
 total against the chip's HBM, FLOPs and HBM bytes per call from `cost_analysis()`, the
-compile time, and a roofline time max(FLOPs / peak, bytes / bandwidth). The CUDA plugin
+compile time, a roofline time max(FLOPs / peak, bytes / bandwidth), and which operations
+move the bytes (`hbm.traffic_by_op`, an estimate from the optimized HLO). The CUDA plugin
 returns no cost analysis: GPU programs take FLOPs and bytes from the same program compiled
 for as many CPU devices on the same mesh shape (`hlo_cost`), and say so in `cost_source`.
 """
@@ -12,7 +13,9 @@ import dataclasses
 import time
 from typing import Any, Callable
 
-from camp_jax.aot import chips, topology
+from camp_jax.aot import chips, hbm, topology
+
+TRAFFIC_ROWS = 12  # operations listed in "traffic_by_op", largest first
 
 TRITON_HINT = ("XLA's Triton GEMM emitter failed on this program; compile with "
                "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (issue 16)")
@@ -85,10 +88,10 @@ def analyze(program: Program, topo: topology.Topology, dtype: str) -> dict:
   if measured is None:
     measured, source = hlo_cost.cpu_cost(program, topo.num_devices)
   flops = measured and measured["flops"]
-  hbm = measured and measured["bytes"]
-  roof = roofline(flops, hbm, topo.chip, dtype)
+  hbm_bytes = measured and measured["bytes"]
+  roof = roofline(flops, hbm_bytes, topo.chip, dtype)
   report = {
-      "flops_per_chip": flops, "hbm_bytes_per_chip": hbm, "cost_source": source,
+      "flops_per_chip": flops, "hbm_bytes_per_chip": hbm_bytes, "cost_source": source,
       "memory_per_chip_bytes": mem["total"], "hbm_capacity_bytes": topo.chip.hbm_bytes,
       "fits": mem["total"] <= topo.chip.hbm_bytes,
       "argument_bytes": mem["argument"], "output_bytes": mem["output"],
@@ -98,4 +101,8 @@ def analyze(program: Program, topo: topology.Topology, dtype: str) -> dict:
   }
   if roof["roofline_s"] is not None:
     report[f"hours_per_{program.unit}"] = roof["roofline_s"] * program.calls / 3600
+  total, rows = hbm.traffic_by_op(compiled.as_text())
+  report["traffic_estimate_bytes"] = total
+  report["traffic_by_op"] = [{"op": op, "hlo": code, "bytes": size}
+                             for op, code, size in rows[:TRAFFIC_ROWS]]
   return report

@@ -5,6 +5,7 @@ from camp_jax import chunking
 from camp_jax.aot import hlo_cost, topology
 
 GIB = float(1 << 30)
+DESCRIBE_ROWS = 6  # of the largest traffic rows
 
 
 def prepare(topos) -> None:
@@ -100,6 +101,11 @@ def describe(r: dict) -> str:
         f"    roofline {_num(p['roofline_s'], 1e-3, '{:.2f}')} ms ({p['bound']}-bound)  "
         f"{_duration(p.get(f'hours_per_{unit}'))} per {unit}  "
         f"compile {p['compile_s']:.1f} s"]
+    if p.get("traffic_by_op"):
+      lines.append(f"    traffic  {_num(p['traffic_estimate_bytes'], GIB)} GiB estimated from "
+                   f"the HLO, largest:")
+      lines += [f"      {_num(row['bytes'], GIB, '{:.3f}')} GiB  {row['hlo']:<12} {row['op']}"
+                for row in p["traffic_by_op"][:DESCRIBE_ROWS]]
     if key == "eval_tile":
       lines.append(f"    tile     {p['image_group']} images x {p['caption_chunk']} captions "
                    f"(blocks of {p['caption_block']}), {p['tiles']} tiles for "
