@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from camp_jax.aot import chips, hbm, topology
 
-TRAFFIC_ROWS = 12  # operations listed in "traffic_by_op", largest first
+TRAFFIC_ROWS = 12  # operations listed in "traffic_by_op", the most off-chip bytes first
 
 TRITON_HINT = ("XLA's Triton GEMM emitter failed on this program; compile with "
                "XLA_FLAGS=--xla_gpu_enable_triton_gemm=false (issue 16)")
@@ -102,7 +102,7 @@ def analyze(program: Program, topo: topology.Topology, dtype: str) -> dict:
   if roof["roofline_s"] is not None:
     report[f"hours_per_{program.unit}"] = roof["roofline_s"] * program.calls / 3600
   total, rows = hbm.traffic_by_op(compiled.as_text())
-  report["traffic_estimate_bytes"] = total
-  report["traffic_by_op"] = [{"op": op, "hlo": code, "bytes": size}
-                             for op, code, size in rows[:TRAFFIC_ROWS]]
+  report["traffic_estimate_bytes"] = total["bytes"]
+  report["off_chip_traffic_estimate_bytes"] = total["off_chip_bytes"]
+  report["traffic_by_op"] = rows[:TRAFFIC_ROWS]
   return report

@@ -102,10 +102,13 @@ def describe(r: dict) -> str:
         f"{_duration(p.get(f'hours_per_{unit}'))} per {unit}  "
         f"compile {p['compile_s']:.1f} s"]
     if p.get("traffic_by_op"):
-      lines.append(f"    traffic  {_num(p['traffic_estimate_bytes'], GIB)} GiB estimated from "
-                   f"the HLO, largest:")
-      lines += [f"      {_num(row['bytes'], GIB, '{:.3f}')} GiB  {row['hlo']:<12} {row['op']}"
-                for row in p["traffic_by_op"][:DESCRIBE_ROWS]]
+      lines.append(f"    traffic  estimated from the HLO: "
+                   f"{_num(p['traffic_estimate_bytes'], GIB)} GiB, "
+                   f"{_num(p['off_chip_traffic_estimate_bytes'], GIB)} GiB of it off chip; "
+                   f"the largest (GiB in all, off chip):")
+      gib = lambda x: _num(x, GIB, "{:.3f}")
+      lines += [f"      {gib(row['bytes'])} {gib(row['off_chip_bytes'])}  {row['hlo']:<12} "
+                f"{row['op']}" for row in p["traffic_by_op"][:DESCRIBE_ROWS]]
     if key == "eval_tile":
       lines.append(f"    tile     {p['image_group']} images x {p['caption_chunk']} captions "
                    f"(blocks of {p['caption_block']}), {p['tiles']} tiles for "
