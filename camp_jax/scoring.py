@@ -8,6 +8,8 @@ r"""Scores of many images x many captions: the evaluation driver, pair lists, tr
   batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh, chunk) -> (B, B) jax.Array
       Training: the batch's score matrix in (image block x caption block) pieces, one per
       device, differentiable.
+  batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index, mesh)
+      Training: chosen pairs of the batch (those the loss reads), differentiable.
   reference_score_matrix(...) -> (Ni, Nc) numpy
       The model's own transcription, every pair expanded, tile by tile.
 
@@ -256,6 +258,33 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
   return jax.shard_map(local, mesh=mesh,
                        in_specs=(P(), P(images), P(captions), P(captions)),
                        out_specs=P(images, captions))(params, img_emb, cap_emb, cap_mask)
+
+
+def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
+                      mesh: jax.sharding.Mesh):
+  """Scores of chosen pairs of the training batch by the fast path, differentiable: (P,).
+
+  The per-item features of the whole batch, then the pairs (img_index[p], cap_index[p]) only,
+  split over every device of the mesh (padded to a multiple of its size).
+
+  Args:
+    model, params: a CAMP model and its params.
+    img_emb, cap_emb, cap_mask: (B, R, d), (B, L, d), (B, L) global arrays.
+    img_index, cap_index: (P,) int rows of the pairs.
+    mesh: the training mesh.
+  """
+  apply = functools.partial(model.apply, {"params": params})
+  img = apply(img_emb, method="image_features")
+  cap = apply(cap_emb, cap_mask, method="caption_features")
+  n = img_index.shape[0]
+  pad = lambda x: jax.lax.with_sharding_constraint(
+      jnp.pad(x, (0, -n % mesh.size)), sharding.flat_sharding(mesh))
+
+  def one(i, c):
+    pick = lambda features, k: jax.tree.map(lambda x: x[k][None], features)
+    return apply(pick(img, i), pick(cap, c), method="pair_scores")[0, 0]
+
+  return jax.vmap(one)(pad(img_index), pad(cap_index))[:n]
 
 
 def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):

@@ -5,6 +5,10 @@ image against every caption, hardest negatives taken over the global batch. The 
 split by rows over the mesh's "images" axis; inside the step, device (i, c) of the
 ("images", "captions") mesh scores image block i against caption block c
 (`scoring.batch_scores`), so any number of devices shares the batch x batch pairs.
+The loss reads 3B of those scores (the positives and each row's and column's hardest
+negative), so by default (`config.backward_pairs="hardest"`) the matrix is computed without
+a backward pass and only those 3B pairs are scored again to differentiate
+(`scoring.batch_pair_scores`): the same loss and gradients for about half the FLOPs.
 Tensorflow is imported only by the input pipeline and the metric writers, inside
 `train_and_evaluate`.
 """
@@ -85,15 +89,30 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
   cap_blocks = jax.lax.with_sharding_constraint((cap_emb, cap_mask),
                                                 sharding.caption_sharding(mesh))
   gated, gates = getattr(model, "variant", None) == "gate_fusion", None
-  if model.PAIRWISE and config.fast_scoring:  # Same scores and gradients, far fewer FLOPs.
-    scores = scoring.batch_scores(model, params, img_emb, *cap_blocks, mesh,
-                                  config.train_caption_chunk, with_gates=gated)
+  fast = model.PAIRWISE and config.fast_scoring  # Same scores and gradients, fewer FLOPs.
+  hardest_only = fast and config.backward_pairs == "hardest"
+  if fast:
+    # With hardest_only, every pair is scored without a backward pass (no activations kept):
+    # the loss reads 3B of the B x B scores, and only those pairs are scored again, below,
+    # to differentiate.
+    frozen = jax.lax.stop_gradient if hardest_only else lambda x: x
+    scores = scoring.batch_scores(model, frozen(params), frozen(img_emb), *frozen(cap_blocks),
+                                  mesh, config.train_caption_chunk, with_gates=gated)
     if gated:
       scores, gates = scores
   else:  # The transcription (dropout, VSE): every pair expanded, placed by GSPMD.
     scores = model.apply(variables, img_emb, *cap_blocks, deterministic=False,
                          rngs={"dropout": rng}, method="score_matrix")
-  loss = losses.LOSSES[config.loss](scores)
+  if hardest_only:
+    diagonal = jnp.arange(scores.shape[0])
+    row_hardest, column_hardest = losses.hardest_negatives(scores)
+    picked = scoring.batch_pair_scores(
+        model, params, img_emb, cap_emb, cap_mask,
+        jnp.concatenate([diagonal, diagonal, column_hardest]),
+        jnp.concatenate([diagonal, row_hardest, diagonal]), mesh)
+    loss = losses.PAIR_LOSSES[config.loss](*jnp.split(picked, 3))
+  else:
+    loss = losses.LOSSES[config.loss](scores)
   off_diagonal = jnp.where(jnp.eye(scores.shape[0], dtype=bool), -jnp.inf, scores)
   aux = {"loss": loss, "positive_score": jnp.mean(jnp.diagonal(scores)),
          "hardest_negative_score": jnp.mean(jnp.max(off_diagonal, axis=1))}
@@ -180,6 +199,9 @@ def init_params(model, model_cfg: dict, rng, regions: int = 2):
 
 def check_config(config) -> None:
   """Refuses combinations the train step cannot honour, before anything is built."""
+  if config.backward_pairs not in ("hardest", "all"):
+    raise ValueError(f"config.backward_pairs={config.backward_pairs!r}: expected 'hardest' "
+                     "or 'all'")
   if config.model.get("dropout_rate", 0.0) and config.fast_scoring:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} needs "
                      "--config.fast_scoring=False: the hoisted exact path has no dropout "

@@ -56,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss = "hardest_negative_bce"      # or max_violation_hinge (VSE++)
   c.shortlist_loss_weight = 1.0        # VSE++ term aligning the search shortlist embeddings
   c.fast_scoring = True                # hoisted exact scoring in the train step
+  c.backward_pairs = "hardest"         # fast path: backpropagate through the 3 x batch pairs
+                                       # the loss reads (diagonal, hardest negatives); "all":
+                                       # through every pair of the batch (same gradients)
   c.train_caption_chunk = 0            # >0: each device scores its captions in blocks of this
                                        # many, recomputed in the backward pass (less memory);
                                        # -1: the largest that fits the device's memory

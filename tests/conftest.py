@@ -3,9 +3,12 @@
 The PyTorch reference outputs live in `tests/fixtures/torch_reference/` (its README says
 how they were made), so a fresh clone tests parity with nothing beside it.
 """
+import atexit
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +19,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _LIBTPU = pathlib.Path(sys.prefix) / "tpu-plugin" / "libtpu" / "libtpu.so"
 if _LIBTPU.is_file():
   os.environ.setdefault("TPU_LIBRARY_PATH", str(_LIBTPU))
+
+
+# One XLA compilation cache for the session, shared with the subprocesses the tests start
+# (they inherit the environment): most of them compile the same tiny programs, and a cached
+# executable is the same executable, so no result changes. Point JAX_COMPILATION_CACHE_DIR at a
+# folder of your own to keep it between runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _XLA_CACHE = tempfile.mkdtemp(prefix="camp_jax_test_xla_cache_")
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE
+  # Only programs that took 0.2 s or more to compile are written (not eager code's single ops).
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "torch_reference"

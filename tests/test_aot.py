@@ -95,7 +95,8 @@ def test_indivisible_mesh_is_a_clear_error():
 
 def analytic_train_flops(d, batch, mesh_images, mesh_captions, regions, width, feature_dim,
                          word_dim, heads=4) -> float:
-  """FLOPs per chip of the full CAMP's train step on the fast path, counted by hand.
+  """FLOPs per chip of the full CAMP's train step on the fast path with every pair
+  differentiated (backward_pairs="all"), counted by hand.
 
   Multiply-adds, x2 for FLOPs; the backward pass of a product costs two more (x3 in all):
     per pair:    the pooling MLP on the fused rows (R + L) d^2, the score head 2 d^2, the
@@ -119,12 +120,12 @@ def analytic_train_flops(d, batch, mesh_images, mesh_captions, regions, width, f
 
 @TPU
 def test_cli_json_tiny_train_step(capsys):
-  """The full CAMP's tiny step at d=256 (so the products dominate), compiled for v5e:2x2:
-  the JSON report, and its FLOPs against `analytic_train_flops` within 10% (measured: 3%
-  over; the rest is softmaxes, the loss and the optimizer)."""
+  """The full CAMP's tiny step at d=256 (so the products dominate), compiled for v5e:2x2,
+  every pair differentiated: the JSON report, and its FLOPs against `analytic_train_flops`
+  within 10% (measured: 3% over; the rest is softmaxes, the loss and the optimizer)."""
   code, r, err = _cli_json(capsys, TINY, "--topology=v5e:2x2", "--json",
                            "--config.model.variant=gate_fusion", "--config.model.embed_dim=256",
-                           "--config.shortlist_loss_weight=0")
+                           "--config.shortlist_loss_weight=0", "--config.backward_pairs=all")
   assert code == 0, err
   assert (r["topology"], r["chips"], r["device_kind"], r["batch_size"]) == \
       ("v5e:2x2", 4, "TPU v5 lite", 32)
