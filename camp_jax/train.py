@@ -5,10 +5,9 @@ image against every caption, hardest negatives taken over the global batch. The 
 split by rows over the mesh's "images" axis; inside the step, device (i, c) of the
 ("images", "captions") mesh scores image block i against caption block c
 (`scoring.batch_scores`), so any number of devices shares the batch x batch pairs.
-The loss reads 3B of those scores (the positives and each row's and column's hardest
-negative), so by default (`config.backward_pairs="hardest"`) the matrix is computed without
-a backward pass and only those 3B pairs are scored again to differentiate
-(`scoring.batch_pair_scores`): the same loss and gradients for about half the FLOPs.
+The loss reads 3B of those scores (positives, hardest negatives): by default the matrix has
+no backward pass and only those pairs are scored again to differentiate
+(`scoring.batch_pair_scores`, `config.backward_pairs`): same gradients, half the FLOPs.
 Tensorflow is imported only by the input pipeline and the metric writers, inside
 `train_and_evaluate`.
 """
@@ -92,9 +91,8 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
   fast = model.PAIRWISE and config.fast_scoring  # Same scores and gradients, fewer FLOPs.
   hardest_only = fast and config.backward_pairs == "hardest"
   if fast:
-    # With hardest_only, every pair is scored without a backward pass (no activations kept):
-    # the loss reads 3B of the B x B scores, and only those pairs are scored again, below,
-    # to differentiate.
+    # With hardest_only, every pair is scored without a backward pass (no activations kept);
+    # the 3B pairs the loss reads are scored again below, to differentiate.
     frozen = jax.lax.stop_gradient if hardest_only else lambda x: x
     scores = scoring.batch_scores(model, frozen(params), frozen(img_emb), *frozen(cap_blocks),
                                   mesh, config.train_caption_chunk, with_gates=gated)
