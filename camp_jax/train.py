@@ -198,8 +198,7 @@ def init_params(model, model_cfg: dict, rng, regions: int = 2):
 def check_config(config) -> None:
   """Refuses combinations the train step cannot honour, before anything is built."""
   if config.backward_pairs not in ("hardest", "all"):
-    raise ValueError(f"config.backward_pairs={config.backward_pairs!r}: expected 'hardest' "
-                     "or 'all'")
+    raise ValueError(f"config.backward_pairs={config.backward_pairs!r}: expected 'hardest' or 'all'")
   if config.model.get("dropout_rate", 0.0) and config.fast_scoring:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} needs "
                      "--config.fast_scoring=False: the hoisted exact path has no dropout "
