@@ -279,12 +279,7 @@ def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_
   n = img_index.shape[0]
   pad = lambda x: jax.lax.with_sharding_constraint(
       jnp.pad(x, (0, -n % mesh.size)), sharding.flat_sharding(mesh))
-
-  def one(i, c):
-    pick = lambda features, k: jax.tree.map(lambda x: x[k][None], features)
-    return apply(pick(img, i), pick(cap, c), method="pair_scores")[0, 0]
-
-  return jax.vmap(one)(pad(img_index), pad(cap_index))[:n]
+  return _pairs(model, params, img, cap, pad(img_index), pad(cap_index))[:n]
 
 
 def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):
