@@ -30,6 +30,16 @@ from camp_jax import batching, sharding
 
 P = jax.sharding.PartitionSpec
 DEFAULT_BUCKETS = (8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 50)
+POOLING = ("auto", "xla", "pallas", "interpret")
+
+
+def pooling_for(mesh: jax.sharding.Mesh, choice: str = "auto") -> str:
+  """`pair_scores`'s pooling where no gradient is taken: "auto" is the Pallas kernel on TPU."""
+  if choice not in POOLING:
+    raise ValueError(f"pooling={choice!r}: expected one of {POOLING}")
+  if choice == "auto":
+    return "pallas" if mesh.devices.flat[0].platform == "tpu" else "xla"
+  return choice
 
 
 def bucket_widths_for(lengths: np.ndarray, width: int, buckets=DEFAULT_BUCKETS) -> np.ndarray:
@@ -62,8 +72,8 @@ def _image_group(model, params, img_emb, *, mesh):
   return jax.shard_map(fn, mesh=mesh, in_specs=(P(), spec), out_specs=spec)(params, img_emb)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "mesh", "block"))
-def _score_tile(model, params, img, cap_emb, cap_mask, *, mesh, block):
+@functools.partial(jax.jit, static_argnames=("model", "mesh", "block", "pooling"))
+def _score_tile(model, params, img, cap_emb, cap_mask, *, mesh, block, pooling="xla"):
   """(images of a group, split) x (a caption chunk, replicated) -> scores (Ni_group, C).
 
   Each device loops over caption blocks of `block` captions, so that only
@@ -73,12 +83,17 @@ def _score_tile(model, params, img, cap_emb, cap_mask, *, mesh, block):
     apply = functools.partial(model.apply, {"params": params})
     cap = apply(cap_emb, cap_mask, method="caption_features")
     cap = jax.tree.map(lambda x: x.reshape((-1, block) + x.shape[1:]), cap)
-    out = jax.lax.map(lambda c: apply(img, c, method="pair_scores"), cap)
+    out = jax.lax.map(lambda c: apply(img, c, False, pooling, method="pair_scores"), cap)
     return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], -1)                   # (ni, C)
 
   spec = P(mesh.axis_names)
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P(), P()),
-                       out_specs=spec)(params, img, cap_emb, cap_mask)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P(), P()), out_specs=spec,
+                       check_vma=_checks_vma(pooling))(params, img, cap_emb, cap_mask)
+
+
+def _checks_vma(pooling: str) -> bool:
+  """Pallas's interpreter (jax 0.10) fails shard_map's varying-axes checks: off for it only."""
+  return pooling != "interpret"
 
 
 @functools.partial(jax.jit, static_argnames=("model", "method"))
@@ -96,7 +111,7 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
                  max_tile_bytes: int | None = None, image_tile: int = 128,
                  caption_chunk: int = 2048, mesh: jax.sharding.Mesh | None = None,
                  progress: Callable[[int, int, float], None] | None = _log_progress,
-                 progress_every_s: float = 30.0) -> np.ndarray:
+                 progress_every_s: float = 30.0, pooling: str = "auto") -> np.ndarray:
   """The (Ni, Nc) score matrix, for evaluation.
 
   Captions are grouped by real length into `buckets` (at most one compilation of the tile
@@ -108,7 +123,8 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
   stay on the devices until one gather at the end. On several processes every process
   must call this with the same arguments (each holds the whole embeddings) and every
   process gets the whole matrix. `progress(done_pairs, total_pairs, seconds)` runs every
-  `progress_every_s`.
+  `progress_every_s`. `pooling` (`pooling_for`): "auto" fuses the pooling in a Pallas kernel
+  on TPU.
 
   Args:
     model, params: a model and its params pytree.
@@ -128,6 +144,7 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
   n_dev, replicated = mesh.size, sharding.replicated(mesh)
   params = sharding.put_global(params, replicated)
   max_tile_bytes = max_tile_bytes or default_tile_bytes(mesh.devices.flat[0].platform)
+  pooling = pooling_for(mesh, pooling)
 
   # Captions: sorted into buckets, each bucket cut into chunks of C = blocks x block.
   cap_widths = bucket_widths_for(cap_mask.sum(1), width, buckets)
@@ -157,7 +174,7 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
                                                           img_sharding), mesh=mesh)
     real = min(group, n_img - g * group)
     for cols, emb, mask, block in chunks:
-      out = _score_tile(model, params, img, emb, mask, mesh=mesh, block=block)
+      out = _score_tile(model, params, img, emb, mask, mesh=mesh, block=block, pooling=pooling)
       results.append((g, cols, out))
       mine += max(0, min(here[1], real) - here[0]) * len(cols)
       if pending is not None:                      # Keep one tile in flight, time the rest.
@@ -189,13 +206,18 @@ def _gather(arrays: list) -> list[np.ndarray]:
   return multihost_utils.process_allgather(arrays, tiled=True)
 
 
-@functools.partial(jax.jit, static_argnames="model")
-def _pairs(model, params, img_feats, cap_feats, img_index, cap_index):
+def _aligned_pairs(model, params, img_feats, cap_feats):
+  """Scores of (image p, caption p) for every p of per-pair features: (P,)."""
   def one(img, cap):
     img, cap = (jax.tree.map(lambda x: x[None], f) for f in (img, cap))
     return model.apply({"params": params}, img, cap, method="pair_scores")[0, 0]
+  return jax.vmap(one)(img_feats, cap_feats)
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def _pairs(model, params, img_feats, cap_feats, img_index, cap_index):
   pick = lambda feats, index: jax.tree.map(lambda x: x[index], feats)
-  return jax.vmap(one)(pick(img_feats, img_index), pick(cap_feats, cap_index))
+  return _aligned_pairs(model, params, pick(img_feats, img_index), pick(cap_feats, cap_index))
 
 
 def score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
@@ -228,7 +250,7 @@ def score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
 
 
 def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.Mesh,
-                 chunk: int = 0, with_gates: bool = False):
+                 chunk: int = 0, with_gates: bool = False, pooling: str = "xla"):
   """The training batch's (B, B) score matrix by the fast path, one block per device.
 
   Device (i, c) of the ("images", "captions") mesh scores image block i against caption
@@ -242,6 +264,7 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
     chunk: captions per rematerialised block on each device (`caption_chunked`); 0: all.
     with_gates: also return the full model's gates of every pair, {"region_gate":
       (B, B, R), "word_gate": (B, B, L)}, split like the scores.
+    pooling: "xla"; "pallas" or "interpret" only where no gradient is taken.
 
   Returns:
     scores (B, B), or (scores, gates) with `with_gates`.
@@ -250,22 +273,26 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
     apply = functools.partial(model.apply, {"params": params})
     # Per-image features once, outside the (rematerialised) caption blocks.
     fn = lambda img, c, m: apply(img, apply(c, m, method="caption_features"), with_gates,
-                                 method="pair_scores")
+                                 pooling, method="pair_scores")
     return caption_chunked(fn, apply(img_emb, method="image_features"), cap_emb, cap_mask,
                            chunk)
 
   images, captions = sharding.AXES
   return jax.shard_map(local, mesh=mesh,
                        in_specs=(P(), P(images), P(captions), P(captions)),
-                       out_specs=P(images, captions))(params, img_emb, cap_emb, cap_mask)
+                       out_specs=P(images, captions), check_vma=_checks_vma(pooling))(
+                           params, img_emb, cap_emb, cap_mask)
 
 
 def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
                       mesh: jax.sharding.Mesh):
   """Scores of chosen pairs of the training batch by the fast path, differentiable: (P,).
 
-  The per-item features of the whole batch, then the pairs (img_index[p], cap_index[p]) only,
-  split over every device of the mesh (padded to a multiple of its size).
+  The pairs (img_index[p], cap_index[p]) are split over every device of the mesh (padded to
+  a multiple of its size). On one device the per-item features of the batch are computed
+  once and picked per pair. On several, each device computes the features of its own pairs
+  from their embeddings: moving every item's features to every device (and their gradients
+  back) would cost more HBM traffic than the d x d products it saves.
 
   Args:
     model, params: a CAMP model and its params.
@@ -274,12 +301,16 @@ def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_
     mesh: the training mesh.
   """
   apply = functools.partial(model.apply, {"params": params})
-  img = apply(img_emb, method="image_features")
-  cap = apply(cap_emb, cap_mask, method="caption_features")
   n = img_index.shape[0]
-  pad = lambda x: jax.lax.with_sharding_constraint(
-      jnp.pad(x, (0, -n % mesh.size)), sharding.flat_sharding(mesh))
-  return _pairs(model, params, img, cap, pad(img_index), pad(cap_index))[:n]
+  split = lambda x: jax.lax.with_sharding_constraint(x, sharding.flat_sharding(mesh))
+  img_index, cap_index = (split(jnp.pad(x, (0, -n % mesh.size))) for x in (img_index, cap_index))
+  if mesh.size == 1:
+    img = apply(img_emb, method="image_features")
+    cap = apply(cap_emb, cap_mask, method="caption_features")
+    return _pairs(model, params, img, cap, img_index, cap_index)[:n]
+  img = apply(split(img_emb[img_index]), method="image_features")
+  cap = apply(split(cap_emb[cap_index]), split(cap_mask[cap_index]), method="caption_features")
+  return _aligned_pairs(model, params, img, cap)[:n]
 
 
 def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):

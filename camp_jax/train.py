@@ -1,15 +1,12 @@
 """Training: the train state, the optimizer, one sharded jit train step, and the loop.
 
-The train step computes the loss on the score matrix of the whole global batch: every
-image against every caption, hardest negatives taken over the global batch. The batch is
-split by rows over the mesh's "images" axis; inside the step, device (i, c) of the
-("images", "captions") mesh scores image block i against caption block c
-(`scoring.batch_scores`), so any number of devices shares the batch x batch pairs.
-The loss reads 3B of those scores (positives, hardest negatives): by default the matrix has
-no backward pass and only those pairs are scored again to differentiate
+The loss is computed on the score matrix of the whole global batch (hardest negatives over
+it). The batch is split by rows over the mesh's "images" axis; in the step, device (i, c) of
+the ("images", "captions") mesh scores image block i against caption block c
+(`scoring.batch_scores`). The loss reads 3B of those scores: by default the matrix has no
+backward pass and only those pairs are scored again to differentiate
 (`scoring.batch_pair_scores`, `config.backward_pairs`): same gradients, half the FLOPs.
-Tensorflow is imported only by the input pipeline and the metric writers, inside
-`train_and_evaluate`.
+Tensorflow is imported only by the input pipeline and the metric writers.
 """
 import functools
 import pathlib
@@ -94,8 +91,9 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
     # With hardest_only, every pair is scored without a backward pass (no activations kept);
     # the 3B pairs the loss reads are scored again below, to differentiate.
     frozen = jax.lax.stop_gradient if hardest_only else lambda x: x
+    pooling = scoring.pooling_for(mesh, config.pooling_kernel) if hardest_only else "xla"
     scores = scoring.batch_scores(model, frozen(params), frozen(img_emb), *frozen(cap_blocks),
-                                  mesh, config.train_caption_chunk, with_gates=gated)
+                                  mesh, config.train_caption_chunk, gated, pooling)
     if gated:
       scores, gates = scores
   else:  # The transcription (dropout, VSE): every pair expanded, placed by GSPMD.
@@ -197,8 +195,10 @@ def init_params(model, model_cfg: dict, rng, regions: int = 2):
 
 def check_config(config) -> None:
   """Refuses combinations the train step cannot honour, before anything is built."""
-  if config.backward_pairs not in ("hardest", "all"):
-    raise ValueError(f"config.backward_pairs={config.backward_pairs!r}: expected 'hardest' or 'all'")
+  for field, allowed in [("backward_pairs", ("hardest", "all")),
+                         ("pooling_kernel", scoring.POOLING)]:
+    if config[field] not in allowed:
+      raise ValueError(f"config.{field}={config[field]!r}: expected one of {allowed}")
   if config.model.get("dropout_rate", 0.0) and config.fast_scoring:
     raise ValueError(f"config.model.dropout_rate={config.model.dropout_rate} needs "
                      "--config.fast_scoring=False: the hoisted exact path has no dropout "
@@ -335,7 +335,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       epoch_end = step % steps_per_epoch == 0
       epoch = step // steps_per_epoch
       if epoch_end and (epoch % config.eval_every_epochs == 0 or step == num_steps):
-        metrics = evaluate.evaluate_params(model_cfg, state.params, dev_split, vocab, mesh=mesh)
+        metrics = evaluate.evaluate_params(model_cfg, state.params, dev_split, vocab,
+                                           mesh=mesh, pooling=config.pooling_kernel)
         writer.write_scalars(step, evaluate.scalar_metrics(metrics, "dev"))
         if distributed.is_primary():
           logging.info("%s", evaluate.format_table(metrics, f"dev, epoch {epoch}"))
@@ -370,7 +371,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for split_name in config.eval_splits:
     metrics = evaluate.evaluate_params(model_cfg, params,
                                        data.load_split(config.data, split_name), vocab,
-                                       folds=config.eval_folds, mesh=mesh)
+                                       folds=config.eval_folds, mesh=mesh,
+                                       pooling=config.pooling_kernel)
     metrics.update(model=model_cfg["name"], variant=model_cfg.get("variant"))
     writer.write_scalars(step, evaluate.scalar_metrics(metrics, split_name))
     if distributed.is_primary():  # Every process has the same metrics; one writes them.

@@ -59,6 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.backward_pairs = "hardest"         # fast path: backpropagate through the 3 x batch pairs
                                        # the loss reads (diagonal, hardest negatives); "all":
                                        # through every pair of the batch (same gradients)
+  c.pooling_kernel = "auto"            # fusion + pooling where no gradient is taken (the
+                                       # step's all-pairs pass, evaluation): "auto" = Pallas
+                                       # kernel on TPU, XLA elsewhere; xla | pallas | interpret
   c.train_caption_chunk = 0            # >0: each device scores its captions in blocks of this
                                        # many, recomputed in the backward pass (less memory);
                                        # -1: the largest that fits the device's memory

@@ -65,23 +65,26 @@ def save_scores(path: str | os.PathLike, scores: np.ndarray) -> pathlib.Path:
   return path
 
 
-def split_scores(predictor, split, vocab, *, mesh=None) -> np.ndarray:
+def split_scores(predictor, split, vocab, *, mesh=None, pooling: str = "auto") -> np.ndarray:
   """The (images, captions) score matrix of a split by `predictor` (an `inference.Predictor`)."""
   from camp_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
   tokens, lengths = tokenizer.encode_all(split.captions, vocab)
   img_emb, cap_emb, cap_mask = predictor.encode_split(split.images, tokens, lengths)
-  return predictor.score_matrix(img_emb, cap_emb, cap_mask, mesh=mesh)
+  return predictor.score_matrix(img_emb, cap_emb, cap_mask, mesh=mesh, pooling=pooling)
 
 
 def evaluate_params(model_cfg: dict, params, split, vocab, *, folds: int = 0,
-                    mesh=None, scores_path=None) -> dict:
-  """Recalls of `params` on a split (a `PrecompSplit`); optionally saves the score matrix."""
+                    mesh=None, scores_path=None, pooling: str = "auto") -> dict:
+  """Recalls of `params` on a split (a `PrecompSplit`); optionally saves the score matrix.
+
+  `pooling`: `scoring.score_matrix`'s ("auto": the Pallas pooling kernel on TPU).
+  """
   from camp_jax import inference  # pylint: disable=g-import-not-at-top
   start = time.time()
   # The encoders run on each process's own devices from its copy of the replicated params;
   # the pairs are split over every device.
   predictor = inference.Predictor(model_cfg, sharding.host_local(params))
-  scores = split_scores(predictor, split, vocab, mesh=mesh)
+  scores = split_scores(predictor, split, vocab, mesh=mesh, pooling=pooling)
   metrics = metrics_of(scores, split.captions_per_image, folds)
   metrics["seconds"] = time.time() - start
   logging.info("evaluated %s: %d x %d pairs in %.1f s", split.name, *scores.shape,
@@ -160,7 +163,8 @@ def evaluate_run(config, *, workdir=None, checkpoint="best", bundle_path=None,
   for name in ([split] if split else config.eval_splits):
     scores_path = out / "eval" / f"{name}_scores.npy" if scores else None
     metrics = evaluate_params(model_cfg, params, data.load_split(config.data, name), vocab,
-                              folds=config.eval_folds, scores_path=scores_path)
+                              folds=config.eval_folds, scores_path=scores_path,
+                              pooling=config.get("pooling_kernel", "auto"))
     metrics.update(model=model_cfg.get("name", "camp"), variant=model_cfg.get("variant"))
     if distributed.is_primary():
       write_metrics(out, name, metrics)

@@ -217,11 +217,15 @@ class CAMP(nn.Module):
     return camp_fast.caption_features(self._fast_weights(), cap_emb, cap_mask, self.variant,
                                       self.dtype)
 
-  def pair_scores(self, img_features, cap_features, with_gates: bool = False):
-    """Every image x caption of the features: (Ni, Nc) float32 [, the gates (full model)]."""
+  def pair_scores(self, img_features, cap_features, with_gates: bool = False,
+                  pooling: str = "xla"):
+    """Every image x caption of the features: (Ni, Nc) float32 [, the gates (full model)].
+
+    `pooling`: "xla", or "pallas" / "interpret" for `pooling_kernel` (forward only).
+    """
     pad = self.pad_words_to if self.variant == "cross_attention" else None
     return camp_fast.pair_scores(self._fast_weights(), img_features, cap_features,
-                                 self.variant, pad, self.dtype, with_gates)
+                                 self.variant, pad, self.dtype, with_gates, pooling)
 
   def fast_score_matrix(self, img_emb, cap_emb, cap_mask):
     """`score_matrix` by the hoisted exact path, deterministic: (Ni, Nc) float32."""

@@ -29,11 +29,13 @@ buckets): masking is complete in the full model, and for the stage-1 model with
 by the number of padded slots. Masked word slots must hold zero vectors, as
 `encode_captions` produces.
 """
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
+from camp_jax.models import pooling_kernel
 from camp_jax.models.layers import MASKED_LOGIT
 
 F32 = jnp.float32
@@ -129,12 +131,27 @@ def _pool_weights(head, x, bias_rows, mask, dtype):
   return jnp.mean(jax.nn.softmax(logits, axis=-2), axis=-1)
 
 
+def _fused_pooled(fp, img, cap, e, f, inv_v, gate_v, inv_t, gate_t, dtype):
+  """Gated fusion and attention pooling of both sides: pooled V' and T', (i, c, d) each."""
+  x_v = jax.nn.relu(gate_v[..., None] * (img["fc1"][:, None] + inv_v[..., None] * _dot(
+      "icrl,cld->icrd", e, cap["fc1"], dtype))).astype(dtype)                  # V' - V
+  x_t = jax.nn.relu(gate_t[..., None] * (cap["fc2"][None] + inv_t[..., None] * _dot(
+      "iclr,ird->icld", f, img["fc2"], dtype))).astype(dtype)                  # T' - T
+  # Attention pooling of V' = x_v + V and T' = x_t + T.
+  w_v = _pool_weights(fp["final_reduce_1"], x_v, img["pool"][:, None], None, dtype)
+  w_t = _pool_weights(fp["final_reduce_2"], x_t, cap["pool"][None], cap["mask"][None], dtype)
+  v = _dot("icr,icrd->icd", w_v, x_v, dtype) + _dot("icr,ird->icd", w_v, img["v"], dtype)
+  t = _dot("icl,icld->icd", w_t, x_t, dtype) + _dot("icl,cld->icd", w_t, cap["t"], dtype)
+  return v, t
+
+
 def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int | None = None,
-                dtype=F32, with_gates: bool = False):
+                dtype=F32, with_gates: bool = False, pooling: str = "xla"):
   """Scores of every image x caption from `image_features` and `caption_features`: (Ni, Nc).
 
   With `with_gates` (full model only), also its gates, a free by-product: (scores,
-  {"region_gate": (Ni, Nc, R), "word_gate": (Ni, Nc, L)}).
+  {"region_gate": (Ni, Nc, R), "word_gate": (Ni, Nc, L)}). `pooling` (full model): "xla",
+  or the `pooling_kernel` ("pallas" on TPU, "interpret" anywhere; not differentiable).
   """
   r, n_words = img["gram"].shape[-1], cap["t"].shape[1]
   mask = cap["mask"][None, :, None, :]                                         # (1, c, 1, L)
@@ -174,18 +191,21 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
   # Regions: |Fv_r|^2 = (E H_t E^T)_rr, <V_r, Fv_r> = sum_l E_rl M_rl.
   inv_v = _inv_norm(jnp.sum(jnp.einsum("icrl,clm->icrm", e, cap["sqnorm"]) * e, -1))
   gate_v = jax.nn.sigmoid(jnp.sum(e * gate_dot, -1) * inv_v)                   # (i, c, R)
-  x_v = jax.nn.relu(gate_v[..., None] * (img["fc1"][:, None] + inv_v[..., None] * _dot(
-      "icrl,cld->icrd", e, cap["fc1"], dtype))).astype(dtype)                  # V' - V
   # Words: |Ft_l|^2 = (F H_v F^T)_ll, <T_l, Ft_l> = sum_r F_lr M_rl.
   inv_t = _inv_norm(jnp.sum(jnp.einsum("iclr,irs->icls", f, img["sqnorm"]) * f, -1))
   gate_t = jax.nn.sigmoid(jnp.einsum("iclr,icrl->icl", f, gate_dot) * inv_t)  # (i, c, L)
-  x_t = jax.nn.relu(gate_t[..., None] * (cap["fc2"][None] + inv_t[..., None] * _dot(
-      "iclr,ird->icld", f, img["fc2"], dtype))).astype(dtype)                  # T' - T
-  # Attention pooling of V' = x_v + V and T' = x_t + T, then the score head.
-  w_v = _pool_weights(fp["final_reduce_1"], x_v, img["pool"][:, None], None, dtype)
-  w_t = _pool_weights(fp["final_reduce_2"], x_t, cap["pool"][None], cap["mask"][None], dtype)
-  v = _dot("icr,icrd->icd", w_v, x_v, dtype) + _dot("icr,ird->icd", w_v, img["v"], dtype)
-  t = _dot("icl,icld->icd", w_t, x_t, dtype) + _dot("icl,cld->icd", w_t, cap["t"], dtype)
+  if pooling == "xla":
+    v, t = _fused_pooled(fp, img, cap, e, f, inv_v, gate_v, inv_t, gate_t, dtype)
+  else:  # The same chain in one Pallas kernel per side, the fused rows kept on chip.
+    kernel = functools.partial(pooling_kernel.pooled, dtype=dtype,
+                               interpret=pooling == "interpret")
+    columns = lambda m, *cols: jnp.concatenate([m] + [c[..., None] for c in cols], -1)
+    real = jnp.broadcast_to(cap["mask"][None], gate_t.shape).astype(F32)
+    v = kernel(columns(e, inv_v, gate_v, jnp.ones_like(gate_v)),
+               (img["fc1"], img["pool"], img["v"]), cap["fc1"], fp["final_reduce_1"])
+    t = jnp.swapaxes(kernel(jnp.swapaxes(columns(f, inv_t, gate_t, real), 0, 1),
+                            (cap["fc2"], cap["pool"], cap["t"]), img["fc2"],
+                            fp["final_reduce_2"]), 0, 1)
   v = v * _inv_norm(jnp.sum(v * v, -1, keepdims=True))
   t = t * _inv_norm(jnp.sum(t * t, -1, keepdims=True))
   head = fp["fc_out"]                        # One product with the whole kernel: no slices.
