@@ -94,8 +94,7 @@ def loss_fn(params, batch, rng, *, model, config, mesh):
     pooling = scoring.pooling_for(mesh, config.pooling_kernel) if hardest_only else "xla"
     scores = scoring.batch_scores(model, frozen(params), frozen(img_emb), *frozen(cap_blocks),
                                   mesh, config.train_caption_chunk, gated, pooling)
-    if gated:
-      scores, gates = scores
+    scores, gates = scores if gated else (scores, None)
   else:  # The transcription (dropout, VSE): every pair expanded, placed by GSPMD.
     scores = model.apply(variables, img_emb, *cap_blocks, deterministic=False,
                          rngs={"dropout": rng}, method="score_matrix")
@@ -222,8 +221,7 @@ def create_train_state(config, model, model_cfg, steps_per_epoch: int, mesh):
 
 
 class _Progress:
-  """A log line every `every_s` seconds: step, loss, steps/s (after the first step, which
-  compiles) and the time left."""
+  """Every `every_s` s: step, loss, steps/s (after the compiling first step), time left."""
 
   def __init__(self, num_steps: int, every_s: float = 15.0):
     self.num_steps, self.every_s = num_steps, every_s

@@ -22,6 +22,8 @@ once per item, and attention maps are composed before they are applied:
 What is left per pair is the pooling MLP on the fused rows ((R + L) d^2 multiply-adds),
 the score head (2 d^2) and O(R L d) contractions. The stage-1 variant needs no d^2 work per
 pair at all (the means of E T and (D B) V are (mean E) T and (sum D B) V).
+Where no gradient is taken, `pooling="pallas"` runs the gated fusion and pooling of each side
+in one TPU kernel (`pooling_kernel`), so the fused rows never reach HBM.
 
 Captions can be scored on their real lengths (the scoring driver trims them into length
 buckets): masking is complete in the full model, and for the stage-1 model with
