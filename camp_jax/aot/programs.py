@@ -116,7 +116,8 @@ def eval_program(config, devices, platform: str | None = None) -> analysis.Progr
           "tile_fraction_of_split": plan["image_group"] * plan["caption_chunk"]
                                     / math.prod((wl.eval_images, wl.eval_captions))}
   return analysis.Program("eval_tile", scoring._score_tile, args,  # pylint: disable=protected-access
-                          {"mesh": mesh, "block": plan["caption_block"]}, info,
+                          {"mesh": mesh, "block": plan["caption_block"],
+                           "pooling": scoring.pooling_for(mesh, config.pooling_kernel)}, info,
                           calls=plan["tiles"], unit="eval",
                           rebuild=lambda d: eval_program(config, d, platform))
 
