@@ -31,7 +31,7 @@ from camp_jax.models.layers import MASKED_LOGIT
 
 F32 = jnp.float32
 LANES = 128
-VMEM_LIMIT = 48 << 20   # Above the 16-32 MiB default scoped limit; every TPU has >= 64 MiB.
+VMEM_LIMIT = 32 << 20   # Above v5e's 16 MiB default scoped limit, within every TPU's VMEM.
 
 
 def other_block(n_other: int, most: int = 8) -> int:
@@ -95,8 +95,8 @@ def pooled(mix, own, other, head, dtype=F32, interpret: bool = False, block: int
   cost = pl.CostEstimate(
       flops=2 * pairs * n * (k * d + d * d + d * heads),      # the useful work, as XLA counts
       transcendentals=pairs * n * heads,
-      bytes_accessed=4 * (mix.size + d * d + d * LANES + pairs * d) + other.nbytes
-      + sum(x.nbytes for x in own) * (n_other // block))
+      bytes_accessed=4 * (mix.size + pairs * d) + jnp.dtype(dtype).itemsize * d * (d + LANES)
+      + other.nbytes + sum(x.nbytes for x in own) * (n_other // block))
   out = pl.pallas_call(
       functools.partial(_kernel, heads=heads, dtype=jnp.dtype(dtype)),
       grid=(n_other // block, n_own),          # own items inner: an other block is read once
@@ -111,5 +111,5 @@ def pooled(mix, own, other, head, dtype=F32, interpret: bool = False, block: int
       compiler_params=pltpu.CompilerParams(vmem_limit_bytes=VMEM_LIMIT),
       cost_estimate=cost, interpret=interpret,
   )(mix.astype(F32), *own, other,             # the features in their own dtype: no copies
-    head["hidden"]["kernel"].astype(F32), w_heads.astype(F32), b_heads.astype(F32))
+    head["hidden"]["kernel"].astype(dtype), w_heads.astype(dtype), b_heads.astype(F32))
   return out.reshape(n_own, n_other, d)
