@@ -12,6 +12,8 @@ r"""Scores of many images x many captions: the evaluation driver, pair lists, tr
       Training: chosen pairs of the batch (those the loss reads), differentiable.
   reference_score_matrix(...) -> (Ni, Nc) numpy
       The model's own transcription, every pair expanded, tile by tile.
+  pooling_for(mesh, choice) -> "xla" | "pallas" | "interpret"
+      Where no gradient is taken: "auto" is the Pallas pooling kernel on TPU meshes.
 
 The driver does no maths of its own: CAMP's hoisted exact path is three model methods
 (`image_features`, `caption_features`, `pair_scores`; see `camp_jax.models.camp_fast`).
