@@ -61,8 +61,7 @@ def _kernel(mix_ref, own_fc_ref, own_bias_ref, own_rows_ref, other_ref, w_ref, h
     logits = jnp.where(real > 0.0, logits, MASKED_LOGIT)
     p = jnp.exp(logits - jnp.max(logits, axis=0, keepdims=True))
     p = p / jnp.sum(p, axis=0, keepdims=True)
-    weight = jnp.sum(jnp.where(head_lane, p, 0.0), axis=1, keepdims=True) / heads
-    weight = rnd(weight)
+    weight = rnd(jnp.sum(jnp.where(head_lane, p, 0.0), axis=1, keepdims=True) / heads)
     rows.append(rnd(jnp.sum(weight * x, axis=0, keepdims=True))
                 + rnd(jnp.sum(weight * own_rows, axis=0, keepdims=True)))
   out_ref[0, 0] = jnp.concatenate(rows, axis=0)
