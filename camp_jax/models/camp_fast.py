@@ -155,6 +155,9 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
   {"region_gate": (Ni, Nc, R), "word_gate": (Ni, Nc, L)}). `pooling` (full model): "xla",
   or the `pooling_kernel` ("pallas" on TPU, "interpret" anywhere; not differentiable).
   """
+  if pooling not in ("xla", "pallas", "interpret"):
+    raise ValueError(f"pair_scores(pooling={pooling!r}): expected 'xla', 'pallas' or "
+                     "'interpret' (scoring.pooling_for resolves 'auto')")
   r, n_words = img["gram"].shape[-1], cap["t"].shape[1]
   mask = cap["mask"][None, :, None, :]                                         # (1, c, 1, L)
   # (i, c, kR, L); contracting in the stack's own layout spares a transposed copy of it.
