@@ -14,11 +14,16 @@ $(VENV)/.installed: requirements.txt setup.py
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# Stage 1 (cross-attention) into $(WORKDIR)/stage1, then the full CAMP from it into $(WORKDIR).
+# The release's three stages, each from the one before: stage 1 (cross-attention) into
+# $(WORKDIR)/stage1, stage 2 (the full CAMP, fusion and score layers trained) into
+# $(WORKDIR)/stage2, stage 3 (everything fine-tuned) into $(WORKDIR). The last run prints
+# the test table of the three.
 run: $(VENV)/.installed
-	$(PY) -m camp_jax.main --config=configs/default.py --workdir=$(WORKDIR)/stage1
-	$(PY) -m camp_jax.main --config=configs/default.py:stage2 --workdir=$(WORKDIR) \
+	$(PY) -m camp_jax.main --config=configs/default.py:stage1 --workdir=$(WORKDIR)/stage1
+	$(PY) -m camp_jax.main --config=configs/default.py:stage2 --workdir=$(WORKDIR)/stage2 \
 	    --config.init_from=$(WORKDIR)/stage1
+	$(PY) -m camp_jax.main --config=configs/default.py:stage3 --workdir=$(WORKDIR) \
+	    --config.init_from=$(WORKDIR)/stage2
 
 # libtpu goes beside the venv, not in it: CPU runs never probe for a TPU, and the tests'
 # compile-only TPU checks load it through TPU_LIBRARY_PATH (tests/conftest.py). Only for the

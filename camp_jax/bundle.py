@@ -4,18 +4,19 @@
     BUNDLE/params.npz   flat arrays keyed by "/"-joined parameter paths
     BUNDLE/vocab.json   SCAN-style vocabulary (optional)
 
-Readable with numpy and json alone. Written to a temporary folder and renamed into place,
-so an interrupted write never leaves a half bundle at the destination.
+Readable with numpy and json alone. `save` writes to a temporary folder and renames it into
+place (`camp_jax.files`), so an interrupted write never leaves a half bundle at the destination.
 """
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import flax.traverse_util
 import numpy as np
+
+from camp_jax import files
+from camp_jax.data import vocab as vocab_lib
 
 FORMAT_VERSION = 1
 
@@ -36,28 +37,26 @@ def require_local(name: str, path: str | os.PathLike | None) -> None:
                      "as launch/tpu_pod.sh does) and pass the mounted folder")
 
 
+def write(folder: str | os.PathLike, params, model_config: dict, vocab=None,
+          extra: dict[str, Any] | None = None) -> pathlib.Path:
+  """Writes the bundle files into `folder` (made if missing), in place; see `save`."""
+  folder = pathlib.Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  meta = {"format_version": FORMAT_VERSION, "model": dict(model_config), **(extra or {})}
+  (folder / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+  np.savez(folder / "params.npz", **flatten_params(params))
+  if vocab is not None:
+    vocab.save_json(folder / "vocab.json")
+  return folder
+
+
 def save(out: str | os.PathLike, params, model_config: dict, vocab=None,
          extra: dict[str, Any] | None = None, overwrite: bool = False) -> pathlib.Path:
   """Writes a bundle folder at `out` atomically and returns its path."""
   require_local("bundle folder", out)
-  out = pathlib.Path(out)
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
-    meta = {"format_version": FORMAT_VERSION, "model": dict(model_config), **(extra or {})}
-    (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    np.savez(tmp / "params.npz", **flatten_params(params))
-    if vocab is not None:
-      vocab.save_json(tmp / "vocab.json")
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(tmp, out)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out
+  with files.atomic_path(out, overwrite) as tmp:
+    write(tmp, params, model_config, vocab, extra)
+  return pathlib.Path(out)
 
 
 def load(path: str | os.PathLike) -> tuple[dict, dict, Any, dict]:
@@ -80,6 +79,5 @@ def load(path: str | os.PathLike) -> tuple[dict, dict, Any, dict]:
     params = unflatten_params({k: arrays[k] for k in arrays.files})
   vocab = None
   if (path / "vocab.json").is_file():
-    from camp_jax.data.vocab import load_vocab  # pylint: disable=g-import-not-at-top
-    vocab = load_vocab(path / "vocab.json")
+    vocab = vocab_lib.load_vocab(path / "vocab.json")
   return meta["model"], params, vocab, meta

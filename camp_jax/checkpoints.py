@@ -23,6 +23,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from camp_jax.data import vocab as vocab_lib
+
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be restored; the message names its path."""
@@ -81,8 +83,9 @@ def load_params(directory: str | os.PathLike, step: int | None = None) -> tuple[
                      "extra": ocp.JsonCheckpointHandler()})
   step = mngr.latest_step() if step is None else step
   if step is None or step not in mngr.all_steps():
-    raise CheckpointError(f"no checkpoint {'at step ' + str(step) if step else ''} under "
-                          f"{directory} (steps: {sorted(mngr.all_steps())})")
+    at = "" if step is None else f"at step {step} "
+    raise CheckpointError(f"no checkpoint {at}under {directory} (steps: "
+                          f"{sorted(mngr.all_steps())})")
   try:
     # The saved layout (one device or a pod) does not matter: every array lands whole on
     # this process's first device.
@@ -104,26 +107,49 @@ def is_run(folder: str | os.PathLike) -> bool:
   return any((pathlib.Path(folder) / sub).is_dir() for sub in ("checkpoints", "best"))
 
 
+def parse_checkpoint(which: str | int) -> str | int:
+  """A run's checkpoint as --checkpoint names it: "best", "latest", or a step number (an int
+  or its digits); anything else is refused."""
+  if which in ("best", "latest"):
+    return which
+  if str(which).isdigit():
+    return int(which)
+  raise ValueError(f"checkpoint={which!r}: expected best, latest or a step number")
+
+
 def load_trained(workdir: str | os.PathLike, which: str | int = "best"):
-  """(model_config, params, vocab_path or None) of a run: "best", "latest" or a step number."""
+  """(model_config, params, vocab_path or None) of a run: "best", "latest" or a step number.
+
+  `vocab_path` is the vocabulary file the run recorded; `run_vocabulary` reads it.
+  """
   workdir = pathlib.Path(workdir)
+  which = parse_checkpoint(which)
   if which == "best":
     directory, step = workdir / "best", None
     if not directory.is_dir():
       logging.warning("%s has no best checkpoint; using the latest", workdir)
       directory = workdir / "checkpoints"
-  elif which == "latest":
-    directory, step = workdir / "checkpoints", None
   else:
-    try:
-      step = int(which)
-    except (TypeError, ValueError):
-      raise ValueError(f"checkpoint {which!r}: expected best, latest or a step number") from None
-    directory = workdir / "checkpoints"
+    directory, step = workdir / "checkpoints", None if which == "latest" else which
   if not directory.is_dir():
     raise CheckpointError(f"{workdir} has no checkpoints ({directory} is missing)")
   params, extra, _ = load_params(directory, step)
   return extra["model_config"], params, extra.get("vocab_path")
+
+
+def run_vocabulary(workdir: str | os.PathLike, vocab_path: str | None) -> vocab_lib.Vocabulary:
+  """The vocabulary a run trained with: the file it recorded (`load_trained`'s `vocab_path`).
+
+  One rule for every reader of a run (evaluation, export): that file, or a one-line error
+  naming it; a run's ids mean nothing with another word list.
+  """
+  if not vocab_path:
+    raise FileNotFoundError(f"run {workdir} recorded no vocabulary file (no vocab_path in "
+                            "its checkpoint)")
+  if not pathlib.Path(vocab_path).is_file():
+    raise FileNotFoundError(f"run {workdir} trained with the vocabulary {vocab_path}, which "
+                            "is missing; restore that file (its ids are the model's)")
+  return vocab_lib.load_vocab(vocab_path)
 
 
 def params_from_run(params, workdir: str | os.PathLike, which: str | int = "best"):

@@ -53,15 +53,6 @@ def define(*names: str) -> None:
     define_flag(name, default, help_text)
 
 
-def checkpoint_arg(value: str) -> str | int:
-  """--checkpoint as "best", "latest" or a step number; anything else is refused."""
-  if value in ("best", "latest"):
-    return value
-  if str(value).isdigit():
-    return int(value)
-  raise ValueError(f"--checkpoint={value!r}: expected best, latest or a step number")
-
-
 def _raised_by_us(error: BaseException) -> bool:
   """Whether the innermost frame of `error` is camp_jax's or configs' own code."""
   frames = traceback.extract_tb(error.__traceback__)

@@ -8,7 +8,6 @@ import importlib.metadata
 import os
 
 import jax
-import numpy as np
 from absl import logging
 
 # Seconds without heartbeats after which a process counts as dead and the others abort
@@ -44,14 +43,6 @@ def log_platform() -> None:
 def is_primary() -> bool:
   """Whether this process writes files that all processes share (eval JSON, tables)."""
   return jax.process_index() == 0
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process when `flag` is True on any of them (a collective: all call it)."""
-  if jax.process_count() == 1:
-    return bool(flag)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def _env_says_multiprocess() -> bool:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from camp_jax import bundle
+from camp_jax import bundle, files
 from camp_jax.data import precomp, tokenizer
 
 CACHE_DIR = ".camp_cache"
@@ -98,10 +98,8 @@ class Gallery:
       self.log(f"encoded {side} of {self.data_dir}/{self.split_name} in "
                f"{time.perf_counter() - start:.1f} s")
       try:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, stamp=stamp, version=_CACHE_VERSION, **arrays)
-        os.replace(tmp, path)
+        with files.atomic_path(path) as tmp:
+          np.savez(tmp, stamp=stamp, version=_CACHE_VERSION, **arrays)
       except OSError as e:
         self.log(f"warning: could not write the cache {path} ({e}); continuing without it")
     self._sides[side] = arrays

@@ -16,7 +16,8 @@ import json
 
 from absl import flags, logging
 
-from camp_jax import cli
+from camp_jax import bundle, checkpoints, cli, config_check, distributed, evaluate, export, train
+from camp_jax.data import pipeline
 
 cli.define("config", "workdir", "checkpoint", "bundle", "split", "out", "overwrite",
            "stablehlo", "json")
@@ -38,29 +39,29 @@ def main(argv):
   config = FLAGS.config
   if config is None:
     raise ValueError("--config=configs/NAME.py[:ARG] is required")
-  from camp_jax import bundle  # pylint: disable=g-import-not-at-top
+  config_check.check(config)
   for name, path in (("--workdir", FLAGS.workdir), ("--out", FLAGS.out),
                      ("--bundle", FLAGS.bundle), ("config.init_from", config.init_from)):
     bundle.require_local(name, path)
+  if FLAGS.mode != "eval" and not FLAGS.workdir:
+    raise ValueError(f"--mode={FLAGS.mode} needs --workdir=RUN")
+  if FLAGS.mode == "export" and not FLAGS.out:
+    raise ValueError("--mode=export needs --out=BUNDLE")
   if FLAGS.mode == "train" and importlib.util.find_spec("tensorflow") is None:
     raise RuntimeError("training reads batches with tf.data and writes TensorBoard logs, and "
                        "tensorflow is not installed: pip install -e '.[data]'")
-  if FLAGS.mode != "eval" and not FLAGS.workdir:
-    raise ValueError(f"--mode={FLAGS.mode} needs --workdir=RUN")
-  from camp_jax import distributed  # pylint: disable=g-import-not-at-top
+  checkpoint = checkpoints.parse_checkpoint(FLAGS.checkpoint)
+
   distributed.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id,
                                      FLAGS.heartbeat_timeout)
   distributed.log_platform()
-  from camp_jax.data import streams  # pylint: disable=g-import-not-at-top
-  streams.hide_gpus_from_tensorflow()
+  pipeline.prepare_tensorflow()
   logging.debug("config:\n%s", config)
+
   if FLAGS.mode == "train":
-    from camp_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "eval":
-    from camp_jax import evaluate  # pylint: disable=g-import-not-at-top
-    results = evaluate.evaluate_run(config, workdir=FLAGS.workdir,
-                                    checkpoint=cli.checkpoint_arg(FLAGS.checkpoint),
+    results = evaluate.evaluate_run(config, workdir=FLAGS.workdir, checkpoint=checkpoint,
                                     bundle_path=FLAGS.bundle, split=FLAGS.split,
                                     scores=FLAGS.save_scores)
     if distributed.is_primary():
@@ -69,11 +70,8 @@ def main(argv):
         if FLAGS.json:
           print(json.dumps({"split": split, **metrics}, sort_keys=True))
   else:
-    if not FLAGS.out:
-      raise ValueError("--mode=export needs --out=BUNDLE")
-    from camp_jax import export  # pylint: disable=g-import-not-at-top
-    out = export.export_run(FLAGS.workdir, FLAGS.out, cli.checkpoint_arg(FLAGS.checkpoint),
-                            stablehlo=FLAGS.stablehlo, overwrite=FLAGS.overwrite)
+    out = export.export_run(FLAGS.workdir, FLAGS.out, checkpoint, stablehlo=FLAGS.stablehlo,
+                            overwrite=FLAGS.overwrite)
     print(f"wrote {out}")
 
 

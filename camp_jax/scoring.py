@@ -1,30 +1,35 @@
-r"""Scores of many images x many captions: the evaluation driver, pair lists, training blocks.
+r"""Scores of many images x many captions, for evaluation: the driver, its tile plan, pairs.
 
   score_matrix(model, params, img_emb, cap_emb, cap_mask) -> (Ni, Nc) numpy
-      Evaluation: captions in length buckets, memory-bounded tiles with static shapes, image
-      groups split over every device of every process, progress logging.
+      Captions in length buckets, memory-bounded tiles with static shapes, image groups
+      split over every device of every process, progress logging. The embeddings may be
+      numpy (every process holds them) or global arrays already on the devices.
+  tile_plan(n_img, cap_widths, regions, dim, n_dev, max_tile_bytes) -> TilePlan
+      The driver's image groups and caption chunks, without scoring (`camp_jax.aot` too).
+  score_tile(model, params, img_features, cap_emb, cap_mask, mesh=, block=, pooling=)
+      One tile: a group of images (split over the devices) x a chunk of captions.
   score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index) -> (P,)
-      Given pairs only (reranking a shortlist).
-  batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh, chunk) -> (B, B) jax.Array
-      Training: the batch's score matrix in (image block x caption block) pieces, one per
-      device, differentiable.
-  batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index, mesh)
-      Training: chosen pairs of the batch (those the loss reads), differentiable.
+      Given pairs only (reranking a shortlist); `aligned_pair_scores` and
+      `picked_pair_scores` are its per-pair kernels, which the train step shares.
   reference_score_matrix(...) -> (Ni, Nc) numpy
       The model's own transcription, every pair expanded, tile by tile.
   pooling_for(mesh, choice) -> "xla" | "pallas" | "interpret"
       Where no gradient is taken: "auto" is the Pallas pooling kernel on TPU meshes.
+  apply(model, params, *args, method=) -> a model method, jitted.
 
 The driver does no maths of its own: CAMP's hoisted exact path is three model methods
 (`image_features`, `caption_features`, `pair_scores`; see `camp_jax.models.camp_fast`).
 Two-tower models (VSE, `PAIRWISE` False) score by one matrix product of their vectors.
+The training objective's blocks are in `camp_jax.objective`.
 """
+import dataclasses
 import functools
 import time
 from typing import Callable
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -32,7 +37,7 @@ from camp_jax import batching, sharding
 
 P = jax.sharding.PartitionSpec
 DEFAULT_BUCKETS = (8, 10, 12, 14, 16, 18, 20, 24, 28, 32, 40, 50)
-POOLING = ("auto", "xla", "pallas", "interpret")
+POOLING = ("auto", "xla", "pallas", "interpret")  # config.pooling_kernel
 
 
 def pooling_for(mesh: jax.sharding.Mesh, choice: str = "auto") -> str:
@@ -42,6 +47,17 @@ def pooling_for(mesh: jax.sharding.Mesh, choice: str = "auto") -> str:
   if choice == "auto":
     return "pallas" if mesh.devices.flat[0].platform == "tpu" else "xla"
   return choice
+
+
+def checks_vma(pooling: str) -> bool:
+  """shard_map's check_vma: Pallas's interpreter (jax 0.10) fails its varying-axes checks."""
+  return pooling != "interpret"
+
+
+@functools.partial(jax.jit, static_argnames=("model", "method"))
+def apply(model, params, *args, method: str):
+  """model.apply({"params": params}, *args, method=method), jitted once per model and method."""
+  return model.apply({"params": params}, *args, method=method)
 
 
 def bucket_widths_for(lengths: np.ndarray, width: int, buckets=DEFAULT_BUCKETS) -> np.ndarray:
@@ -66,8 +82,55 @@ def _split(n: int, most: int) -> tuple[int, int]:
   return parts, -(-n // parts)
 
 
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+  """Captions scored together against an image group, all at one bucket width."""
+  width: int
+  columns: np.ndarray  # the captions (indices into the split)
+  size: int            # captions per chunk, padded: blocks x block
+  block: int           # captions per device-side block (`score_tile`'s loop)
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+  """Images in `groups` groups of `image_group` (= devices x `images_per_device`, the last
+  zero-padded); captions in `chunks`; each (group, chunk) pair is one `score_tile` call."""
+  images_per_device: int
+  image_group: int
+  groups: int
+  chunks: tuple[Chunk, ...]
+
+  @property
+  def tiles(self) -> int:
+    return self.groups * len(self.chunks)
+
+
+def tile_plan(n_img: int, cap_widths: np.ndarray, regions: int, dim: int, n_dev: int,
+              max_tile_bytes: int, image_tile: int = 128, caption_chunk: int = 2048
+              ) -> TilePlan:
+  """`score_matrix`'s tiles: each device's working set stays within `max_tile_bytes`.
+
+  Args:
+    n_img: images to score; cap_widths: (Nc,) each caption's bucket width.
+    regions, dim: R and d of the embeddings; n_dev: devices sharing each image group.
+    max_tile_bytes: `default_tile_bytes` of the platform, or smaller.
+    image_tile, caption_chunk: at most this many images per device, captions per chunk.
+  """
+  cap_widths = np.asarray(cap_widths)
+  most_pairs = max(1, max_tile_bytes // pair_bytes(regions, int(cap_widths.max()), dim))
+  groups, per_dev = _split(-(-n_img // n_dev), min(image_tile, most_pairs))
+  chunks = []
+  for w in np.unique(cap_widths):
+    cols = np.flatnonzero(cap_widths == w)
+    block = max(1, min(len(cols), max_tile_bytes // pair_bytes(regions, int(w), dim) // per_dev))
+    parts, size = _split(len(cols), min(caption_chunk, len(cols)))
+    blocks, block = _split(size, block)
+    chunks += [Chunk(int(w), c, blocks * block, block) for c in np.array_split(cols, parts)]
+  return TilePlan(per_dev, n_dev * per_dev, groups, tuple(chunks))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "mesh"))
-def _image_group(model, params, img_emb, *, mesh):
+def _image_features(model, params, img_emb, *, mesh):
   """image_features of a group of images split over every device."""
   spec = P(mesh.axis_names)
   fn = lambda p, x: model.apply({"params": p}, x, method="image_features")
@@ -75,32 +138,45 @@ def _image_group(model, params, img_emb, *, mesh):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "mesh", "block", "pooling"))
-def _score_tile(model, params, img, cap_emb, cap_mask, *, mesh, block, pooling="xla"):
-  """(images of a group, split) x (a caption chunk, replicated) -> scores (Ni_group, C).
+def score_tile(model, params, img, cap_emb, cap_mask, *, mesh, block, pooling="xla"):
+  """(image features of a group, split) x (a caption chunk, replicated) -> (Ni_group, C).
 
   Each device loops over caption blocks of `block` captions, so that only
   (local images x block) pairs are alive at a time.
   """
   def local(params, img, cap_emb, cap_mask):
-    apply = functools.partial(model.apply, {"params": params})
-    cap = apply(cap_emb, cap_mask, method="caption_features")
+    run = functools.partial(model.apply, {"params": params})
+    cap = run(cap_emb, cap_mask, method="caption_features")
     cap = jax.tree.map(lambda x: x.reshape((-1, block) + x.shape[1:]), cap)
-    out = jax.lax.map(lambda c: apply(img, c, False, pooling, method="pair_scores"), cap)
+    out = jax.lax.map(lambda c: run(img, c, False, pooling, method="pair_scores"), cap)
     return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], -1)                   # (ni, C)
 
   spec = P(mesh.axis_names)
   return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P(), P()), out_specs=spec,
-                       check_vma=_checks_vma(pooling))(params, img, cap_emb, cap_mask)
+                       check_vma=checks_vma(pooling))(params, img, cap_emb, cap_mask)
 
 
-def _checks_vma(pooling: str) -> bool:
-  """Pallas's interpreter (jax 0.10) fails shard_map's varying-axes checks: off for it only."""
-  return pooling != "interpret"
+@functools.partial(jax.jit, static_argnames=("width", "out"))
+def _take(arrays, index, *, width, out):
+  return jax.lax.with_sharding_constraint(tuple(a[index][:, :width] for a in arrays), out)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "method"))
-def _apply(model, params, *args, method):
-  return model.apply({"params": params}, *args, method=method)
+def _rows(arrays: tuple, index: np.ndarray, out: jax.sharding.NamedSharding,
+          width: int | None = None) -> tuple:
+  """Rows `index` (first `width` columns) of `arrays` as global arrays placed as `out`:
+  gathered on the host from numpy, on the devices from global arrays."""
+  if isinstance(arrays[0], jax.Array):
+    index = sharding.put_global(np.asarray(index, np.int32), sharding.replicated(out.mesh))
+    return _take(arrays, index, width=width, out=out)
+  return sharding.put_global(tuple(np.asarray(a[index, :width]) for a in arrays), out)
+
+
+def _lengths(cap_mask, mesh) -> np.ndarray:
+  """Real words per caption, as numpy on every process."""
+  if not isinstance(cap_mask, jax.Array):
+    return np.asarray(cap_mask).sum(1)
+  out = sharding.replicated(mesh)
+  return np.asarray(sharding.host_local(jax.jit(lambda m: m.sum(1), out_shardings=out)(cap_mask)))
 
 
 def _log_progress(done: int, total: int, elapsed: float):
@@ -113,7 +189,8 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
                  max_tile_bytes: int | None = None, image_tile: int = 128,
                  caption_chunk: int = 2048, mesh: jax.sharding.Mesh | None = None,
                  progress: Callable[[int, int, float], None] | None = _log_progress,
-                 progress_every_s: float = 30.0, pooling: str = "auto") -> np.ndarray:
+                 progress_every_s: float = 30.0, pooling: str = "auto",
+                 num_images: int | None = None, num_captions: int | None = None) -> np.ndarray:
   """The (Ni, Nc) score matrix, for evaluation.
 
   Captions are grouped by real length into `buckets` (at most one compilation of the tile
@@ -121,62 +198,53 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
   device of `mesh` (default: every device of every process, so each process scores its
   share of the pairs); each device scores its images against a chunk of captions in blocks
   whose working set stays within `max_tile_bytes` (default: 32 MiB on CPU, where
-  cache-sized blocks run ~2x faster than 256 MiB ones, 2 GiB on accelerators). Results
-  stay on the devices until one gather at the end. On several processes every process
-  must call this with the same arguments (each holds the whole embeddings) and every
-  process gets the whole matrix. `progress(done_pairs, total_pairs, seconds)` runs every
-  `progress_every_s`. `pooling` (`pooling_for`): "auto" fuses the pooling in a Pallas kernel
-  on TPU.
+  cache-sized blocks run ~2x faster than 256 MiB ones, 2 GiB on accelerators); see
+  `tile_plan`. Results stay on the devices until one gather at the end. On several
+  processes every process must call this with the same arguments and every process gets
+  the whole matrix. `progress(done_pairs, total_pairs, seconds)` runs every
+  `progress_every_s`. `pooling` (`pooling_for`): "auto" fuses the pooling in a Pallas
+  kernel on TPU.
 
   Args:
     model, params: a model and its params pytree.
-    img_emb: (Ni, R, d) numpy; cap_emb: (Nc, L, d) numpy; cap_mask: (Nc, L) bool.
+    img_emb: (Ni, R, d); cap_emb: (Nc, L, d); cap_mask: (Nc, L) bool: numpy that every
+      process holds, or global arrays on the mesh's devices (rows split over them, as
+      `camp_jax.evaluate` encodes a split), whose first `num_images` / `num_captions`
+      rows are real (the rest pads the rows to a multiple of the devices; default: all).
 
   Returns:
     (Ni, Nc) float32 numpy scores.
   """
-  if not model.PAIRWISE:
-    vectors = (_apply(model, params, img_emb, method="image_vectors"),
-               _apply(model, params, cap_emb, cap_mask, method="caption_vectors"))
-    return np.asarray(vectors[0] @ vectors[1].T)
-  img_emb, cap_emb = np.asarray(img_emb, np.float32), np.asarray(cap_emb, np.float32)
-  cap_mask = np.asarray(cap_mask, bool)
-  (n_img, regions, dim), (n_cap, width) = img_emb.shape, cap_mask.shape
+  n_img, n_cap = num_images or len(img_emb), num_captions or len(cap_emb)
   mesh = mesh or sharding.make_mesh()
-  n_dev, replicated = mesh.size, sharding.replicated(mesh)
+  if not model.PAIRWISE:
+    return _two_tower_scores(model, params, img_emb, cap_emb, cap_mask, mesh)[:n_img, :n_cap]
+  replicated = sharding.replicated(mesh)
   params = sharding.put_global(params, replicated)
+  if not isinstance(img_emb, jax.Array):
+    img_emb, cap_emb = np.asarray(img_emb, np.float32), np.asarray(cap_emb, np.float32)
+    cap_mask = np.asarray(cap_mask, bool)
+  (_, regions, dim), width = img_emb.shape, cap_mask.shape[1]
   max_tile_bytes = max_tile_bytes or default_tile_bytes(mesh.devices.flat[0].platform)
   pooling = pooling_for(mesh, pooling)
-
-  # Captions: sorted into buckets, each bucket cut into chunks of C = blocks x block.
-  cap_widths = bucket_widths_for(cap_mask.sum(1), width, buckets)
-  most_pairs = max(1, max_tile_bytes // pair_bytes(regions, int(cap_widths.max()), dim))
-  groups, per_dev = _split(-(-n_img // n_dev), min(image_tile, most_pairs))
+  cap_widths = bucket_widths_for(_lengths(cap_mask, mesh)[:n_cap], width, buckets)
+  plan = tile_plan(n_img, cap_widths, regions, dim, mesh.size, max_tile_bytes, image_tile,
+                   caption_chunk)
   chunks = []                                              # (columns, emb, mask, block)
-  for w in np.unique(cap_widths):
-    cols = np.flatnonzero(cap_widths == w)
-    block = max(1, min(len(cols), max_tile_bytes // pair_bytes(regions, w, dim) // per_dev))
-    parts, size = _split(len(cols), min(caption_chunk, len(cols)))
-    blocks, block = _split(size, block)
-    size = blocks * block
-    for c in np.array_split(cols, parts):
-      idx = np.concatenate([c, np.full(size - len(c), c[0])])                  # pad: repeat
-      chunks.append((c, *sharding.put_global((cap_emb[idx, :w], cap_mask[idx, :w]), replicated),
-                     block))
+  for c in plan.chunks:
+    idx = np.concatenate([c.columns, np.full(c.size - len(c.columns), c.columns[0])])  # pad
+    chunks.append((c.columns, *_rows((cap_emb, cap_mask), idx, replicated, c.width), c.block))
 
-  # Images: groups of n_dev x per_dev, the last one zero-padded, split over every device.
-  group = n_dev * per_dev
-  img_pad = batching.pad_rows(img_emb, groups * group)
-  img_sharding = sharding.flat_sharding(mesh)
+  group, img_sharding = plan.image_group, sharding.flat_sharding(mesh)
   here = sharding.host_rows(img_sharding, group)                  # this process's rows
   results, pending, done, mine = [], None, 0, 0
   start, last_report = time.perf_counter(), 0.0
-  for g in range(groups):
-    img = _image_group(model, params, sharding.put_global(img_pad[g * group:(g + 1) * group],
-                                                          img_sharding), mesh=mesh)
+  for g in range(plan.groups):
     real = min(group, n_img - g * group)
+    idx = g * group + np.minimum(np.arange(group), real - 1)      # pad: repeat the last
+    img = _image_features(model, params, *_rows((img_emb,), idx, img_sharding), mesh=mesh)
     for cols, emb, mask, block in chunks:
-      out = _score_tile(model, params, img, emb, mask, mesh=mesh, block=block, pooling=pooling)
+      out = score_tile(model, params, img, emb, mask, mesh=mesh, block=block, pooling=pooling)
       results.append((g, cols, out))
       mine += max(0, min(here[1], real) - here[0]) * len(cols)
       if pending is not None:                      # Keep one tile in flight, time the rest.
@@ -200,15 +268,28 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
   return scores
 
 
+def _two_tower_scores(model, params, img_emb, cap_emb, cap_mask, mesh) -> np.ndarray:
+  """One product of the image and caption vectors: on the host's default device for numpy,
+  on the mesh (gathered once) for global arrays."""
+  if isinstance(img_emb, jax.Array):
+    replicated = sharding.replicated(mesh)
+    params = sharding.put_global(params, replicated)
+    product = jax.jit(lambda a, b: a @ b.T, out_shardings=replicated)
+  else:
+    product = lambda a, b: a @ b.T
+  scores = product(apply(model, params, img_emb, method="image_vectors"),
+                   apply(model, params, cap_emb, cap_mask, method="caption_vectors"))
+  return np.asarray(sharding.host_local(scores))
+
+
 def _gather(arrays: list) -> list[np.ndarray]:
   """Global arrays -> numpy on every process: one collective on several processes."""
   if jax.process_count() == 1:
     return jax.device_get(arrays)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return multihost_utils.process_allgather(arrays, tiled=True)
 
 
-def _aligned_pairs(model, params, img_feats, cap_feats):
+def aligned_pair_scores(model, params, img_feats, cap_feats):
   """Scores of (image p, caption p) for every p of per-pair features: (P,)."""
   def one(img, cap):
     img, cap = (jax.tree.map(lambda x: x[None], f) for f in (img, cap))
@@ -217,9 +298,11 @@ def _aligned_pairs(model, params, img_feats, cap_feats):
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def _pairs(model, params, img_feats, cap_feats, img_index, cap_index):
+def picked_pair_scores(model, params, img_feats, cap_feats, img_index, cap_index):
+  """Scores of the pairs (img_index[p], cap_index[p]) of per-item features: (P,)."""
   pick = lambda feats, index: jax.tree.map(lambda x: x[index], feats)
-  return _aligned_pairs(model, params, pick(img_feats, img_index), pick(cap_feats, cap_index))
+  return aligned_pair_scores(model, params, pick(img_feats, img_index),
+                             pick(cap_feats, cap_index))
 
 
 def score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
@@ -238,111 +321,17 @@ def score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
   img_emb = np.asarray(img_emb[images], np.float32)
   cap_emb, cap_mask = np.asarray(cap_emb[captions], np.float32), np.asarray(cap_mask[captions])
   if not model.PAIRWISE:
-    img_vec = _apply(model, params, img_emb, method="image_vectors")
-    cap_vec = _apply(model, params, cap_emb, cap_mask, method="caption_vectors")
+    img_vec = apply(model, params, img_emb, method="image_vectors")
+    cap_vec = apply(model, params, cap_emb, cap_mask, method="caption_vectors")
     return np.asarray(jnp.sum(img_vec[img_local] * cap_vec[cap_local], axis=-1))
   features = lambda method, *arrays: batching.map_batches(
-      functools.partial(_apply, model, params, method=method), arrays,
+      functools.partial(apply, model, params, method=method), arrays,
       batching.batch_size_for(len(arrays[0]), tile))
   img_feats = jax.device_put(features("image_features", img_emb))
   cap_feats = jax.device_put(features("caption_features", cap_emb, cap_mask))
-  fn = functools.partial(_pairs, model, params, img_feats, cap_feats)
+  fn = functools.partial(picked_pair_scores, model, params, img_feats, cap_feats)
   return batching.map_batches(fn, (img_local, cap_local),
                               batching.batch_size_for(len(img_local), tile))
-
-
-def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.Mesh,
-                 chunk: int = 0, with_gates: bool = False, pooling: str = "xla"):
-  """The training batch's (B, B) score matrix by the fast path, one block per device.
-
-  Device (i, c) of the ("images", "captions") mesh scores image block i against caption
-  block c; the result is split the same way, so hardest negatives and the loss reduce over
-  both axes. Differentiable (the params' gradients are summed over the devices).
-
-  Args:
-    model, params: a CAMP model and its params.
-    img_emb, cap_emb, cap_mask: (B, R, d), (B, L, d), (B, L) global arrays.
-    mesh: the training mesh.
-    chunk: captions per rematerialised block on each device (`caption_chunked`); 0: all.
-    with_gates: also return the full model's gates of every pair, {"region_gate":
-      (B, B, R), "word_gate": (B, B, L)}, split like the scores.
-    pooling: "xla"; "pallas" or "interpret" only where no gradient is taken.
-
-  Returns:
-    scores (B, B), or (scores, gates) with `with_gates`.
-  """
-  def local(params, img_emb, cap_emb, cap_mask):
-    apply = functools.partial(model.apply, {"params": params})
-    # Per-image features once, outside the (rematerialised) caption blocks.
-    fn = lambda img, c, m: apply(img, apply(c, m, method="caption_features"), with_gates,
-                                 pooling, method="pair_scores")
-    return caption_chunked(fn, apply(img_emb, method="image_features"), cap_emb, cap_mask,
-                           chunk)
-
-  images, captions = sharding.AXES
-  return jax.shard_map(local, mesh=mesh,
-                       in_specs=(P(), P(images), P(captions), P(captions)),
-                       out_specs=P(images, captions), check_vma=_checks_vma(pooling))(
-                           params, img_emb, cap_emb, cap_mask)
-
-
-def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index,
-                      mesh: jax.sharding.Mesh):
-  """Scores of chosen pairs of the training batch by the fast path, differentiable: (P,).
-
-  The pairs (img_index[p], cap_index[p]) are split over every device of the mesh (padded to
-  a multiple of its size). On one device the per-item features of the batch are computed
-  once and picked per pair. On several, each device computes the features of its own pairs
-  from their embeddings: moving every item's features to every device (and their gradients
-  back) would cost more HBM traffic than the d x d products it saves.
-
-  Args:
-    model, params: a CAMP model and its params.
-    img_emb, cap_emb, cap_mask: (B, R, d), (B, L, d), (B, L) global arrays.
-    img_index, cap_index: (P,) int rows of the pairs.
-    mesh: the training mesh.
-  """
-  apply = functools.partial(model.apply, {"params": params})
-  n = img_index.shape[0]
-  split = lambda x: jax.lax.with_sharding_constraint(x, sharding.flat_sharding(mesh))
-  img_index, cap_index = (split(jnp.pad(x, (0, -n % mesh.size))) for x in (img_index, cap_index))
-  if mesh.size == 1:
-    img = apply(img_emb, method="image_features")
-    cap = apply(cap_emb, cap_mask, method="caption_features")
-    return _pairs(model, params, img, cap, img_index, cap_index)[:n]
-  img = apply(split(img_emb[img_index]), method="image_features")
-  cap = apply(split(cap_emb[cap_index]), split(cap_mask[cap_index]), method="caption_features")
-  return _aligned_pairs(model, params, img, cap)[:n]
-
-
-def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):
-  """score_fn over blocks of `chunk` captions, rematerialised: bounded memory under grad.
-
-  For the training loss on a large batch: each block's activations are recomputed in the
-  backward pass instead of stored, so memory grows with images x chunk, not images x
-  captions.
-
-  Args:
-    score_fn: (img, cap_emb, cap_mask) -> (Ni, c, ...) scores, or a pytree of such arrays.
-    img, cap_emb, cap_mask: the images ((Ni, R, d) or a pytree of per-image arrays, used
-      by every block as it is), (Nc, L, d), (Nc, L).
-    chunk: captions per block; 0 or >= Nc scores all at once. Must divide Nc.
-
-  Returns:
-    (Ni, Nc, ...), or the pytree of them.
-  """
-  n_cap = cap_emb.shape[0]
-  if not chunk or chunk >= n_cap:
-    return score_fn(img, cap_emb, cap_mask)
-  if n_cap % chunk:
-    raise ValueError(f"config.train_caption_chunk={chunk} does not divide the {n_cap} "
-                     "captions that each device scores (the batch over the mesh's captions "
-                     "axis); pick a divisor")
-  blocks = (cap_emb.reshape((n_cap // chunk, chunk) + cap_emb.shape[1:]),
-            cap_mask.reshape((n_cap // chunk, chunk) + cap_mask.shape[1:]))
-  block_out = jax.lax.map(jax.checkpoint(lambda b: score_fn(img, *b)), blocks)
-  return jax.tree.map(
-      lambda x: jnp.moveaxis(x, 0, 1).reshape((x.shape[1], n_cap) + x.shape[3:]), block_out)
 
 
 def reference_score_matrix(model, params, img_emb, cap_emb, cap_mask,
@@ -353,6 +342,6 @@ def reference_score_matrix(model, params, img_emb, cap_emb, cap_mask,
   rows = []
   for i in range(0, n_img, image_tile):
     imgs = batching.pad_rows(img_emb[i:i + image_tile], image_tile)
-    tile = lambda c, m, imgs=imgs: _apply(model, params, imgs, c, m, method="score_matrix").T
+    tile = lambda c, m, imgs=imgs: apply(model, params, imgs, c, m, method="score_matrix").T
     rows.append(batching.map_batches(tile, (cap_emb, cap_mask), caption_tile).T)
   return np.concatenate(rows)[:n_img]

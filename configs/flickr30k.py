@@ -2,8 +2,8 @@ r"""The released Flickr30K recipe, in three stages (precomp features, 36 x 2048,
 
   python -m camp_jax.main --config=configs/flickr30k.py:stage1 --workdir=runs/f30k_s1 \
       --config.data.dir=data/f30k_precomp \
-      --config.model.word_vectors=embed/f30kword2vec300dim_3.npy \
-      --config.model.word_vectors_mask=embed/MASK.npy
+      --config.word_vectors.path=embed/f30kword2vec300dim_3.npy \
+      [--config.word_vectors.mask=embed/MASK.npy --config.word_vectors.freeze=True]
   python -m camp_jax.main --config=configs/flickr30k.py:stage2 --workdir=runs/f30k_s2 \
       --config.init_from=runs/f30k_s1 ...
   python -m camp_jax.main --config=configs/flickr30k.py:stage3 --workdir=runs/f30k_s3 \

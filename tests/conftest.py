@@ -14,6 +14,9 @@ import pytest
 
 # Keep JAX on the CPU and quiet; tests that need several devices start their own process.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Every subprocess a test starts inherits this: a native crash (SIGABRT, SIGSEGV) dumps the
+# Python stack of every thread to its stderr (tests/helpers.py keeps that stderr in a file).
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")
 # `make test` puts libtpu beside the venv, not in it (so CPU runs never probe for a TPU);
 # the compile-only TPU tests load it from there.
 _LIBTPU = pathlib.Path(sys.prefix) / "tpu-plugin" / "libtpu" / "libtpu.so"

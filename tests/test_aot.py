@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from camp_jax import cli
+from camp_jax import cli, memory, scoring
 from camp_jax.aot import __main__ as aot_main
-from camp_jax.aot import analysis, chips, hbm, programs, topology
+from camp_jax.aot import analysis, chips, hbm, programs, topology, workload
 from configs import default
+from tests.helpers import compiler_installed
 
-TPU = pytest.mark.skipif(not topology.available("tpu"),
+TPU = pytest.mark.skipif(not compiler_installed("tpu"),
                          reason=f"libtpu is not installed ({topology.INSTALL['tpu']})")
-GPU = pytest.mark.skipif(not topology.available("cuda"),
+GPU = pytest.mark.skipif(not compiler_installed("cuda"),
                          reason=f"the CUDA plugin is not installed ({topology.INSTALL['cuda']})")
 TINY = "--config=configs/default.py:tiny"
 
@@ -138,6 +139,7 @@ def test_cli_json_tiny_train_step(capsys):
   assert p["memory_per_chip_bytes"] == (p["argument_bytes"] + p["output_bytes"]
                                         - p["alias_bytes"] + p["temp_bytes"])
   assert p["fits"] and p["hbm_capacity_bytes"] == 16 << 30
+  assert p["usable_bytes"] == int(memory.HEADROOM * (16 << 30))
   assert p["hours_per_epoch"] == pytest.approx(p["steps_per_epoch"] * p["roofline_s"] / 3600)
   tiny = default.get_config("tiny")
   expected = analytic_train_flops(256, 32, 4, 1, regions=tiny.data.synthetic.num_regions,
@@ -151,6 +153,41 @@ def test_cli_json_tiny_train_step(capsys):
   sizes = [row["off_chip_bytes"] for row in p["traffic_by_op"]]
   assert len(sizes) == analysis.TRAFFIC_ROWS and sizes == sorted(sizes, reverse=True)
   assert any(row["op"].startswith(("forward ", "backward ")) for row in p["traffic_by_op"])
+
+
+@TPU
+def test_cli_eval_tile_and_fit_chunk(capsys):
+  """--program=eval: `scoring.score_tile` as `scoring.tile_plan` plans the test split;
+  --fit_chunk: the tiny step fits v5e's HBM whole (chunk 0, one compile)."""
+  code, r, err = _cli_json(capsys, TINY, "--topology=v5e:2x2", "--json", "--program=eval",
+                           "--fit_chunk")
+  assert code == 0, err
+  p, wl = r["eval_tile"], workload.for_config(default.get_config("tiny"))
+  plan = scoring.tile_plan(wl.eval_images, np.full(wl.eval_captions, p["caption_width"]),
+                           wl.regions, p["embed_dim"], 4, scoring.default_tile_bytes("tpu"))
+  assert (p["image_group"], p["groups"], p["tiles"]) == (plan.image_group, plan.groups,
+                                                         plan.tiles)
+  assert (p["caption_chunk"], p["caption_block"]) == (plan.chunks[0].size,
+                                                      plan.chunks[0].block)
+  assert p["image_group"] * p["groups"] >= wl.eval_images and p["fits"]
+  assert p["memory_per_chip_bytes"] > 0 and p["flops_per_chip"] > 0
+  fit = r["largest_fitting_chunk"]
+  assert fit["chunk"] == 0 and [t["chunk"] for t in fit["tried"]] == [0]
+  assert fit["tried"][0]["fits"] and fit["usable_bytes"] == int(memory.HEADROOM * (16 << 30))
+
+
+def test_eval_program_on_cpu_devices_scores_a_planned_tile():
+  """eval_program compiles for any devices; its info is the tile plan it scores."""
+  devices = jax.devices("cpu")[:1]
+  program = programs.eval_program(default.get_config("tiny"), devices)
+  assert program.fn is scoring.score_tile and program.kwargs["block"] == \
+      program.info["caption_block"]
+  compiled, _ = analysis.compile_program(program)
+  total = memory.program_bytes(compiled)["total"]
+  assert total > 0 and program.calls == program.info["tiles"]
+  img, emb = program.args[2], program.args[3]
+  assert {x.shape[0] for x in jax.tree.leaves(img)} == {program.info["image_group"]}
+  assert emb.shape[:2] == (program.info["caption_chunk"], program.info["caption_width"])
 
 
 def test_traffic_by_op_counts_operands_and_results_once_per_operation():
@@ -203,4 +240,5 @@ def test_train_steps_compile_for_1_and_8_h100_with_default_flags(config, capsys)
   for report in r["reports"]:
     p = report["train_step"]
     assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and p["fits"]
-    assert 0 < p["memory_per_chip_bytes"] < p["hbm_capacity_bytes"] and p["hbm_capacity_bytes"] > 79e9
+    assert 0 < p["memory_per_chip_bytes"] < p["usable_bytes"]
+    assert p["hbm_capacity_bytes"] > 79e9

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from camp_jax import bundle, cli, convert, inference, models
+from camp_jax.convert import __main__ as convert_cli
 from camp_jax.data.vocab import Vocabulary
 
 SIZES = dict(vocab_size=15, word_dim=6, embed_dim=8, img_dim=10)
@@ -72,7 +73,7 @@ def test_other_sizes_round_trip_through_a_torch_layout_npz(config, prefix, tmp_p
            **{"input/images": np.zeros(3)})  # Non-parameter arrays are ignored.
   vocab = Vocabulary([f"w{i}" for i in range(SIZES["vocab_size"] - 4)])
   vocab.save_json(tmp_path / "vocab.json")
-  assert cli.call(convert.main, ["--from_torch", str(tmp_path / "ckpt.npz"), "--out",
+  assert cli.call(convert_cli.main, ["--from_torch", str(tmp_path / "ckpt.npz"), "--out",
                        str(tmp_path / "bundle"), "--vocab", str(tmp_path / "vocab.json")]) == 0
   predictor = inference.load(tmp_path / "bundle")
   assert predictor.model_config == config and predictor.vocab == vocab
@@ -92,7 +93,7 @@ def _convert_error(tmp_path, state_or_file, capsys, *flags, names=None) -> str:
     path = tmp_path / "ckpt.npz"
     np.savez(path, **state_or_file)
   out = tmp_path / "bundle"
-  assert cli.call(convert.main, ["--from_torch", str(path), "--out", str(out), *flags]) == 1
+  assert cli.call(convert_cli.main, ["--from_torch", str(path), "--out", str(out), *flags]) == 1
   assert not out.exists(), "a failed conversion left files at --out"
   assert not list(tmp_path.glob(".bundle*")), "a failed conversion left a temporary folder"
   err = capsys.readouterr().err
@@ -145,9 +146,9 @@ def test_vocabulary_of_the_wrong_size_and_existing_out_are_refused(tmp_path, cap
                        names=tmp_path / "small.json")
   assert "vocabulary has 6 words but the checkpoint's embedding has 15 rows" in err
   out = tmp_path / "bundle"
-  assert cli.call(convert.main, ["--from_torch", str(tmp_path / "ckpt.npz"), "--out", str(out)]) == 0
+  assert cli.call(convert_cli.main, ["--from_torch", str(tmp_path / "ckpt.npz"), "--out", str(out)]) == 0
   before = (out / "params.npz").read_bytes()
-  assert cli.call(convert.main, ["--from_torch", str(tmp_path / "ckpt.npz"), "--out", str(out)]) == 1
+  assert cli.call(convert_cli.main, ["--from_torch", str(tmp_path / "ckpt.npz"), "--out", str(out)]) == 1
   assert "exists" in capsys.readouterr().err and (out / "params.npz").read_bytes() == before
 
 
@@ -247,7 +248,7 @@ def test_release_pth_tar_scores_match_the_original_and_the_npz_route(
          else argparse.Namespace(**RELEASE_OPTIONS))
   checkpoint = _save_release(torch, monkeypatch, tmp_path / "model_best.pth.tar", ref, opt, legacy)
   monkeypatch.setitem(sys.modules, "easydict", None)  # `import easydict` fails from here on.
-  assert cli.call(convert.main, ["--from_torch", str(checkpoint), "--out", str(tmp_path / "pth")]) == 0
+  assert cli.call(convert_cli.main, ["--from_torch", str(checkpoint), "--out", str(tmp_path / "pth")]) == 0
   assert "wrote" in capsys.readouterr().out
   convert.convert(torch_fixture_dir / f"camp_{variant}_small.npz", tmp_path / "npz")
 

@@ -8,7 +8,8 @@ from camp_jax.data import precomp
 from camp_jax.data import synthetic
 from camp_jax.data import vocab as vocab_lib
 
-SMALL = dict(num_train=12, num_dev=4, num_test=4, num_regions=3, feature_dim=5)
+SMALL = dict(num_train=12, num_dev=4, num_test=4, num_regions=3, feature_dim=5,
+             clutter_regions=0)
 
 
 def _config(kind, folder, vocab=""):

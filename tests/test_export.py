@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from camp_jax import bundle, checkpoints, cli, evaluate, export, inference, models
+from camp_jax.export import __main__ as export_cli
 from camp_jax.data import precomp, tokenizer
 from camp_jax.data.vocab import Vocabulary
 from tests import helpers
@@ -38,7 +39,7 @@ def exported(tmp_path_factory):
   vocab = Vocabulary(WORDS)
   config = dict(CONFIG, vocab_size=len(vocab))
   bundle.save(root / "in", _params(config), config, vocab)
-  assert cli.call(export.main, [f"--bundle={root / 'in'}", f"--out={root / 'out'}",
+  assert cli.call(export_cli.main, [f"--bundle={root / 'in'}", f"--out={root / 'out'}",
                                 "--stablehlo"]) == 0
   return root / "out"
 
@@ -108,7 +109,6 @@ def test_trained_tiny_run_exports_and_reloads_with_the_same_scores(tiny_run, tin
 
 
 def test_export_run_writes_a_loadable_bundle(monkeypatch, exported, tmp_path):
-  from camp_jax import checkpoints  # pylint: disable=g-import-not-at-top
   config, params, vocab, _ = bundle.load(exported)
   vocab.save_json(tmp_path / "vocab.json")
   calls = []
@@ -119,13 +119,13 @@ def test_export_run_writes_a_loadable_bundle(monkeypatch, exported, tmp_path):
 
   monkeypatch.setattr(checkpoints, "load_trained", fake_load_trained)
   out = tmp_path / "bundle"
-  assert cli.call(export.main, ["--workdir=RUN", f"--out={out}", "--checkpoint=12"]) == 0
+  assert cli.call(export_cli.main, ["--workdir=RUN", f"--out={out}", "--checkpoint=12"]) == 0
   assert calls == [("RUN", 12)]
   predictor = inference.load(out)
   assert predictor.vocab == vocab and predictor.model_config == config
   assert not (out / "stablehlo").exists()
   # An existing bundle is not replaced without --overwrite.
-  assert cli.call(export.main, ["--workdir=RUN", f"--out={out}"]) == 1
+  assert cli.call(export_cli.main, ["--workdir=RUN", f"--out={out}"]) == 1
 
 
 def test_newer_format_version_is_refused_by_name(exported, tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_newer_format_version_is_refused_by_name(exported, tmp_path, capsys):
   (newer / "model.json").write_text(json.dumps(meta))
   with pytest.raises(ValueError, match=r"model\.json: format_version 2 is not supported"):
     inference.load(newer)
-  assert cli.call(export.main, [f"--bundle={newer}", "--stablehlo"]) == 1
+  assert cli.call(export_cli.main, [f"--bundle={newer}", "--stablehlo"]) == 1
   assert "format_version 2" in capsys.readouterr().err
 
 
@@ -152,7 +152,7 @@ def test_stage1_model_exports_with_padded_caption_constraint():
 def test_urls_are_refused_instead_of_written_to_a_local_folder(exported, tmp_path, capsys,
                                                                monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert cli.call(export.main, [f"--bundle={exported}", "--out=gs://bucket/bundle"]) == 1
+  assert cli.call(export_cli.main, [f"--bundle={exported}", "--out=gs://bucket/bundle"]) == 1
   assert "--out=gs://bucket/bundle: URLs are not supported" in capsys.readouterr().err
   with pytest.raises(ValueError, match="bundle folder=gs://bucket/bundle: URLs are not"):
     bundle.save("gs://bucket/bundle", {}, {})

@@ -7,27 +7,19 @@ simulated CPU devices, as a user would move a pod run to one host.
 import json
 import shutil
 import signal
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from camp_jax import checkpoints, evaluate, inference, models, train
+from camp_jax import checkpoints, evaluate, inference, models
 from camp_jax.data import precomp, tokenizer
 from configs import default
 from tests import helpers
 
 RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_meanr", "t2i_r1", "t2i_r5", "t2i_r10",
            "t2i_meanr", "rsum")
-
-
-def _run(args, devices, timeout=600) -> subprocess.CompletedProcess:
-  proc = subprocess.run(args, cwd=helpers.REPO, env=helpers.cpu_env(devices),
-                        capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
 
 
 def _recorded(workdir) -> dict:
@@ -45,11 +37,11 @@ def _evaluates_and_exports_on(devices: int, run, data_dir, tmp_path):
   expected = _recorded(run)
   copy = tmp_path / "copy"
   shutil.copytree(run, copy)
-  _run(helpers.tiny_main(copy, data_dir, "--mode=eval"), devices)
+  helpers.run_tiny(copy, data_dir, "--mode=eval", devices=devices)
   _assert_same_recalls(_recorded(copy), expected)
   bundle_dir = tmp_path / "bundle"
-  _run([sys.executable, "-m", "camp_jax.export", f"--workdir={run}", f"--out={bundle_dir}"],
-       devices)
+  helpers.run([sys.executable, "-m", "camp_jax.export", f"--workdir={run}", f"--out={bundle_dir}"],
+              tmp_path / "logs" / "export", devices)
   predictor = inference.load(bundle_dir)
   split = precomp.read_split(data_dir, "test")
   tokens, lengths = tokenizer.encode_all(split.captions, predictor.vocab)
@@ -61,7 +53,7 @@ def _evaluates_and_exports_on(devices: int, run, data_dir, tmp_path):
 def run_on_8(tmp_path_factory, tiny_data_dir):
   """A tiny run trained on 8 devices, a 2 x 4 (images x captions) mesh."""
   workdir = tmp_path_factory.mktemp("run8")
-  _run(helpers.tiny_main(workdir, tiny_data_dir, "--config.mesh=2x4"), 8)
+  helpers.run_tiny(workdir, tiny_data_dir, "--config.mesh=2x4", devices=8)
   return workdir
 
 
@@ -70,7 +62,7 @@ def test_a_run_of_8_devices_evaluates_exports_and_warm_starts_on_1(run_on_8, tin
   _evaluates_and_exports_on(1, run_on_8, tiny_data_dir, tmp_path)
   # config.init_from, here in this 1-device process: every trained array is copied.
   model_cfg, trained, _ = checkpoints.load_trained(run_on_8)
-  fresh = train.init_params(models.build(model_cfg), model_cfg, jax.random.key(1))
+  fresh = models.init_params(models.build(model_cfg), jax.random.key(1))
   warm = checkpoints.params_from_run(fresh, run_on_8, default.get_config().init_from_checkpoint)
   jax.tree.map(np.testing.assert_array_equal, warm, trained)
 
@@ -81,9 +73,8 @@ def test_a_run_of_1_device_evaluates_and_exports_on_8(tiny_run, tiny_data_dir, t
 
 def test_a_run_of_8_devices_resumes_on_4(run_on_8, tiny_data_dir, tmp_path):
   workdir = tmp_path / "moved"
-  proc = subprocess.Popen(helpers.tiny_main(workdir, tiny_data_dir, "--config.mesh=2x4"),
-                          cwd=helpers.REPO, env=helpers.cpu_env(8), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = helpers.LoggedProcess(helpers.tiny_main(workdir, tiny_data_dir, "--config.mesh=2x4"),
+                               tmp_path / "logs" / "moved", devices=8)
   try:
     helpers.wait_for_checkpoint(proc, workdir, min_step=8)
     proc.send_signal(signal.SIGKILL)
@@ -91,6 +82,6 @@ def test_a_run_of_8_devices_resumes_on_4(run_on_8, tiny_data_dir, tmp_path):
   finally:
     proc.kill()
   assert not (workdir / "eval" / "test.json").exists(), "killed too late to test a resume"
-  resumed = _run(helpers.tiny_main(workdir, tiny_data_dir, "--config.mesh=2x2"), 4)
+  resumed = helpers.run_tiny(workdir, tiny_data_dir, "--config.mesh=2x2", devices=4)
   assert "resumed from" in resumed.stderr
   _assert_same_recalls(_recorded(workdir), _recorded(run_on_8))

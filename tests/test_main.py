@@ -55,7 +55,7 @@ def test_a_bundle_never_writes_into_a_training_run(bundle_dir, tiny_run, tiny_da
 
 @pytest.mark.parametrize("argv, message", [
     (["--mode=eval", "--workdir=RUN", "--checkpoint=foo"],
-     "--checkpoint='foo': expected best, latest or a step number"),
+     "checkpoint='foo': expected best, latest or a step number"),
     (["--mode=eval", "--workdir=RUN", "--checkpoint=7"], "no checkpoint at step 7"),
     (["--mode=export", "--workdir=RUN"], "--mode=export needs --out=BUNDLE"),
 ])

@@ -1,4 +1,6 @@
 """Unit tests of the model pieces: masking, GRU directions, losses and their gradients."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,3 +119,41 @@ def test_build_rejects_unknown_fields():
   with pytest.raises(ValueError, match="variant"):
     model = models.build({**TINY, "variant": "nope"})
     _init(model)
+
+
+@pytest.mark.parametrize("gate,head", [("adaptive", "mlp"), ("open", "mlp"),
+                                       ("adaptive", "cosine"), ("open", "cosine")])
+def test_ablation_variants_fast_path_equals_transcription(gate, head):
+  """model.gate / model.head: the hoisted path and explain_pair agree with score_matrix."""
+  model = models.build({**TINY, "gate": gate, "head": head})
+  params, images, tokens, lengths = _init(model)
+  # Same parameter tree for every gate and head (checkpoints, init_from, trainable patterns).
+  default_params, *_ = _init(models.build(TINY))
+  assert jax.tree.structure(params) == jax.tree.structure(default_params)
+  params = jax.tree.map(lambda p: 3.0 * p, params)                # scores that spread out
+  apply = functools.partial(model.apply, {"params": params})
+  img_emb = apply(images, method="encode_images")
+  cap_emb, cap_mask = apply(tokens, lengths, method="encode_captions")
+  ref = apply(img_emb, cap_emb, cap_mask, method="score_matrix")
+  assert float(np.std(ref)) > 1e-2
+  img = apply(img_emb, method="image_features")
+  fast, gates = apply(img, apply(cap_emb, cap_mask, method="caption_features"), True,
+                      method="pair_scores")
+  np.testing.assert_allclose(fast, ref, atol=1e-5, rtol=0)
+  explained = apply(img_emb[1], cap_emb[2], cap_mask[2], method="explain_pair")
+  np.testing.assert_allclose(explained["score"], ref[1, 2], atol=1e-6)
+  for key in ("region_gate", "word_gate"):
+    np.testing.assert_allclose(gates[key][1, 2], explained[key], atol=1e-5)
+    if gate == "open":
+      np.testing.assert_array_equal(gates[key], 1.0)
+      np.testing.assert_array_equal(explained[key], 1.0)
+  if head == "cosine":
+    assert -1.0 <= float(np.min(ref)) and float(np.max(ref)) <= 1.0
+
+
+def test_ablation_switches_are_checked():
+  with pytest.raises(ValueError, match=r"model.gate is 'shut'"):
+    _init(models.build({**TINY, "gate": "shut"}))
+  with pytest.raises(ValueError, match=r"model.head='cosine' applies to the full model only"):
+    _init(models.build({**TINY, "variant": "cross_attention", "head": "cosine"}))
+  assert models.GATES[0] == "adaptive" and models.HEADS[0] == "mlp"   # the release's

@@ -26,12 +26,13 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, cpu_env
+from tests import helpers
 
 EPOCHS = 2           # 8 steps an epoch on the tiny config; checkpoints every 4 steps.
 HEARTBEAT_S = 15     # --heartbeat_timeout of the two-process runs.
 EXIT_BOUND_S = HEARTBEAT_S + 45  # Detection, then the abort; generous for a loaded machine.
 RUN_TIMEOUT_S = 420
+GLOO = ("[Gloo]",)   # Lines left out of the excerpts in failure messages.
 
 
 def _free_port() -> int:
@@ -40,19 +41,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(workdir, data_dir, log, devices, *flags) -> subprocess.Popen:
-  env = dict(cpu_env(devices), PYTHONUNBUFFERED="1")
+def _start(workdir, data_dir, log, devices, *flags) -> helpers.LoggedProcess:
+  """A run whose stdout and stderr go to `<log>.log`."""
   cmd = [sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
          f"--workdir={workdir}", f"--config.data.dir={data_dir}",
          f"--config.num_epochs={EPOCHS}", *flags]
-  with open(log, "w") as f:  # Files, not pipes: a full pipe would stall a process.
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+  return helpers.LoggedProcess(cmd, log, devices, merge_output=True, start_new_session=True)
 
 
-def _start_pair(workdir, data_dir, logs) -> list[subprocess.Popen]:
+def _start_pair(workdir, data_dir, logs) -> list[helpers.LoggedProcess]:
   coordinator = f"localhost:{_free_port()}"
-  return [_start(workdir, data_dir, logs / f"process{i}.log", 4, f"--coordinator={coordinator}",
+  return [_start(workdir, data_dir, logs / f"process{i}", 4, f"--coordinator={coordinator}",
                  "--num_processes=2", f"--process_id={i}", f"--heartbeat_timeout={HEARTBEAT_S}",
                  "--config.mesh=1x8")
           for i in range(2)]
@@ -68,16 +67,22 @@ def _kill(procs):
       p.wait()
 
 
-def _wait(procs, timeout=RUN_TIMEOUT_S) -> list[int]:
+def _wait(procs, timeout=RUN_TIMEOUT_S) -> list[int | None]:
+  """The exit codes, None for a process still running after `timeout` (then killed)."""
   deadline = time.time() + timeout
   for p in procs:
-    p.wait(timeout=max(1, deadline - time.time()))
-  return [p.returncode for p in procs]
+    try:
+      p.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      pass
+  codes = [p.returncode for p in procs]
+  _kill(procs)
+  return codes
 
 
-def _log(path, tail=4000) -> str:
-  text = pathlib.Path(path).read_text(errors="replace")
-  return "\n".join(l for l in text.splitlines() if not l.startswith("[Gloo]"))[-tail:]
+def _failures(procs, what) -> str:
+  """The failure message of each process (once they have ended)."""
+  return "\n".join(p.failure(f"{what}, process {i}", GLOO) for i, p in enumerate(procs))
 
 
 def _committed(workdir, step) -> bool:
@@ -105,9 +110,11 @@ def _scalars(workdir, tag) -> dict[int, float]:
 def single(tmp_path_factory, tiny_data_dir):
   """The reference: one process, 8 devices."""
   workdir = tmp_path_factory.mktemp("single")
-  proc = _start(workdir, tiny_data_dir, workdir.parent / "single.log", 8)
+  proc = _start(workdir, tiny_data_dir, workdir.parent / "single", 8)
   try:
-    assert _wait([proc]) == [0], _log(workdir.parent / "single.log")
+    codes = _wait([proc])
+    assert codes == [0], _failures([proc], f"one-process run (None: killed after "
+                                           f"{RUN_TIMEOUT_S} s)")
   finally:
     _kill([proc])
   return workdir
@@ -126,7 +133,8 @@ def pair(tmp_path_factory, tiny_data_dir):
     while not _committed(workdir, 4):
       codes = [p.poll() for p in procs]
       if any(c is not None for c in codes) or time.time() > deadline:
-        pytest.fail(f"no checkpoint 4 (exit codes {codes}):\n" + _log(killed_logs / "process0.log"))
+        _kill(procs)
+        pytest.fail(_failures(procs, f"no checkpoint 4 (exit codes {codes}, None: killed)"))
       time.sleep(0.2)
     os.killpg(procs[1].pid, signal.SIGKILL)
     killed_at = time.time()
@@ -136,17 +144,17 @@ def pair(tmp_path_factory, tiny_data_dir):
     except subprocess.TimeoutExpired:
       result["exit_s"] = None  # A hang; the test below reports it.
     result["returncode"] = procs[0].returncode
-    result["survivor_log"] = _log(killed_logs / "process0.log", tail=20000)
   finally:
     _kill(procs)
+  result["survivor_log"] = procs[0].stdout_text()
+  result["survivor_report"] = procs[0].failure("process 0 after process 1 was killed", GLOO)
   result["steps_at_kill"] = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                                    if p.name.isdigit())
   procs = _start_pair(workdir, tiny_data_dir, resumed_logs)
   try:
     codes = _wait(procs)
-    assert codes == [0, 0], (f"resumed run exit codes {codes}:\n"
-                             + _log(resumed_logs / "process0.log")
-                             + "\n--- process 1 ---\n" + _log(resumed_logs / "process1.log"))
+    assert codes == [0, 0], _failures(procs, f"resumed run (exit codes {codes}, None: killed "
+                                             f"after {RUN_TIMEOUT_S} s)")
   finally:
     _kill(procs)
   result["resumed_logs"] = [(resumed_logs / f"process{i}.log").read_text() for i in range(2)]
@@ -155,9 +163,9 @@ def pair(tmp_path_factory, tiny_data_dir):
 
 def test_killed_process_stops_the_other_within_the_heartbeat_bound(pair):
   assert pair["exit_s"] is not None, (f"process 0 still running {EXIT_BOUND_S} s after process 1 "
-                                      f"was killed:\n{pair['survivor_log'][-3000:]}")
+                                      f"was killed (then killed):\n{pair['survivor_report']}")
   assert pair["returncode"] != 0
-  assert "stopped sending heartbeats" in pair["survivor_log"], pair["survivor_log"][-3000:]
+  assert "stopped sending heartbeats" in pair["survivor_log"], pair["survivor_report"]
   assert "another task died" in pair["survivor_log"]
   print(f"process 0 exited {pair['exit_s']:.1f} s after process 1 was killed "
         f"(code {pair['returncode']}, heartbeat timeout {HEARTBEAT_S} s)")

@@ -5,7 +5,8 @@ Everything goes through the public path: `camp_jax.convert` -> bundle -> `camp_j
 import numpy as np
 import pytest
 
-from camp_jax import cli, convert, inference, losses
+from camp_jax import cli, inference, losses
+from camp_jax.convert import __main__ as convert_cli
 
 FIXTURES = ["camp_gate_fusion_small", "camp_cross_attention_small"]
 
@@ -14,7 +15,7 @@ FIXTURES = ["camp_gate_fusion_small", "camp_cross_attention_small"]
 def converted(request, torch_fixture_dir, tmp_path_factory):
   path = torch_fixture_dir / f"{request.param}.npz"
   out = tmp_path_factory.mktemp(request.param) / "bundle"
-  assert cli.call(convert.main, ["--from_torch", str(path), "--out", str(out)]) == 0
+  assert cli.call(convert_cli.main, ["--from_torch", str(path), "--out", str(out)]) == 0
   with np.load(path) as z:
     reference = {k: z[k] for k in z.files}
   return request.param, inference.load(out), reference

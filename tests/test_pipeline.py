@@ -1,25 +1,23 @@
-"""Tests for camp_jax.data.pipeline and camp_jax.data.streams."""
-import gc
+"""Tests for camp_jax.data.pipeline, its tf.data graph (camp_jax.data.feed) and its bench."""
+import importlib.util
 import json
-import threading
 
 import numpy as np
 import pytest
 
 from camp_jax.data import pipeline
 from camp_jax.data import precomp
-from camp_jax.data import streams
 from camp_jax.data import synthetic
 from camp_jax.data import tokenizer
 from camp_jax.data import vocab as vocab_lib
 
-BACKENDS = ["thread", pytest.param("tf", marks=pytest.mark.filterwarnings("ignore"))]
+pytest.importorskip("tensorflow")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
   folder = tmp_path_factory.mktemp("synth")
-  synthetic.generate(folder, num_train=48, num_dev=10, num_test=7, num_regions=4,
+  synthetic.generate(folder, num_train=48, num_dev=10, num_test=7, num_regions=8,
                      feature_dim=6, seed=0)
   return precomp.read_split(folder, "train"), vocab_lib.load_vocab(folder / "vocab.json")
 
@@ -43,22 +41,27 @@ def _assert_same(xs, ys):
       np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_epoch_visits_every_image_once(data, backend):
+def test_epochs_are_permutations_with_own_captions_padded_to_a_bucket(data):
   split, vocab = data
-  if backend == "tf":
-    pytest.importorskip("tensorflow")
-  with pipeline.train_batches(split, vocab, global_batch_size=8, seed=0, backend=backend) as it:
+  assert len(set(map(bytes, np.asarray(split.images)))) == 48  # Rows identify images.
+  with pipeline.train_batches(split, vocab, global_batch_size=8, seed=0) as it:
     assert it.steps_per_epoch == 6
-    batches = _take(it, 6)
-    assert it.get_state()["epoch"] == 1 and it.get_state()["step"] == 0
-  ids = [i for b in batches for i in _image_ids(split, b["images"])]
-  assert sorted(ids) == list(range(48))
+    batches = _take(it, 12)
+    assert it.get_state()["epoch"] == 2 and it.get_state()["step"] == 0
+    max_width = it.max_width
+  lengths = tokenizer.encode_all(split.captions, vocab)[1]
+  assert max_width == min(b for b in pipeline.LENGTH_BUCKETS if b >= lengths.max())
+  epochs = [[i for b in batches[e:e + 6] for i in _image_ids(split, b["images"])]
+            for e in (0, 6)]
+  assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(48))
+  assert epochs[0] != epochs[1]  # Each epoch reshuffles.
   for b in batches:
-    assert b["images"].shape == (8, 4, 6) and b["images"].dtype == np.float32
+    assert b.keys() == {"images", "tokens", "lengths"}
+    assert b["images"].shape == (8, 8, 6) and b["images"].dtype == np.float32
     assert b["tokens"].dtype == np.int32 and b["lengths"].dtype == np.int32
-    assert b["tokens"].shape[1] == min(t for t in pipeline.LENGTH_BUCKETS
-                                       if t >= b["lengths"].max())
+    width = b["tokens"].shape[1]
+    assert width == min(t for t in pipeline.LENGTH_BUCKETS if t >= b["lengths"].max())
+    assert width <= max_width
     for row, length, image in zip(b["tokens"], b["lengths"], _image_ids(split, b["images"])):
       assert row[0] == tokenizer.START and row[length - 1] == tokenizer.END
       assert not row[length:].any()
@@ -67,56 +70,44 @@ def test_epoch_visits_every_image_once(data, backend):
       assert any(np.array_equal(row[:length], o) for o in own)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_stream_equals_the_batch_function(data, backend):
-  """Whatever the backend and the number of workers, batch g is `batch(g)`."""
+def test_batch_k_depends_only_on_seed_and_k(data):
+  """Resuming from a state, or after close(), continues the uninterrupted sequence."""
   split, vocab = data
-  if backend == "tf":
-    pytest.importorskip("tensorflow")
   kwargs = dict(global_batch_size=8, seed=3)
-  plain = pipeline.train_batches(split, vocab, **kwargs)
-  want = [plain.batch(g) for g in range(14)]
-  for workers in (1, 4):
-    with pipeline.train_batches(split, vocab, backend=backend, workers=workers, **kwargs) as it:
-      _assert_same(_take(it, 14), want)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_close_stops_the_stream_and_next_resumes_at_the_same_batch(data, backend):
-  split, vocab = data
-  if backend == "tf":
-    pytest.importorskip("tensorflow")
-  kwargs = dict(global_batch_size=8, seed=3, backend=backend)
   with pipeline.train_batches(split, vocab, **kwargs) as it:
-    reference = _take(it, 5)
+    reference = _take(it, 10)
   with pipeline.train_batches(split, vocab, **kwargs) as it:
     first = _take(it, 2)
-    stream = it._stream  # pylint: disable=protected-access
     it.close()
-    assert it._stream is None  # pylint: disable=protected-access
-    if backend == "thread":
-      assert not any(t.is_alive() for t in stream._threads)  # pylint: disable=protected-access
-    else:
-      assert stream.guard.active == 0 and stream.guard.stopped
-      assert stream.guard(0)[0].size == 0  # Calls after close() do no work.
-    assert stream not in streams._OPEN  # pylint: disable=protected-access
-    rest = _take(it, 3)  # A new stream, from the step after the last batch returned.
-  _assert_same(first + rest, reference)
+    first += _take(it, 2)  # A new dataset, from the step after the last batch returned.
+    state = json.loads(json.dumps(it.get_state()))
+  _assert_same(first, reference[:4])
+  assert (state["epoch"], state["step"]) == (0, 4)
+  with pipeline.train_batches(split, vocab, state=state, **kwargs) as it:
+    _assert_same(_take(it, 6), reference[4:])
+  state = dict(state, epoch=1, step=1)  # Batch 7 of the run.
+  with pipeline.train_batches(split, vocab, state=state, **kwargs) as it:
+    _assert_same(_take(it, 3), reference[7:])
+  with pipeline.train_batches(split, vocab, global_batch_size=8, seed=4) as it:
+    assert not np.array_equal(next(it)["images"], reference[0]["images"])
 
 
-def test_seeded_and_epochs_differ(data):
+def test_a_state_of_another_order_or_seed_is_refused(data):
   split, vocab = data
-  make = lambda seed: pipeline.train_batches(split, vocab, global_batch_size=16, seed=seed)
-  with make(1) as x, make(1) as y, make(2) as z:
-    a, b, c = _take(x, 6), _take(y, 6), _take(z, 6)
-  _assert_same(a, b)
-  assert not np.array_equal(a[0]["images"], c[0]["images"])
-  assert not np.array_equal(a[0]["images"], a[3]["images"])  # Epoch 1 reshuffles.
+  with pipeline.train_batches(split, vocab, global_batch_size=8, seed=3) as it:
+    state = it.get_state()
+  with pytest.raises(ValueError, match="seed=3 but this pipeline has 4"):
+    pipeline.train_batches(split, vocab, global_batch_size=8, seed=4, state=state)
+  old = {k: v for k, v in state.items() if k != "order"}  # The feed before tf.data.
+  with pytest.raises(ValueError, match="order=None but this pipeline has 'index_shuffle'"):
+    pipeline.train_batches(split, vocab, global_batch_size=8, seed=3, state=old)
+  with pytest.raises(ValueError, match="outside 6 steps per epoch"):
+    pipeline.train_batches(split, vocab, global_batch_size=8, seed=3, state=dict(state, step=6))
 
 
-@pytest.mark.parametrize("bounds", [(0, 8, 16), (0, 4, 8, 12, 16), (0, 5, 16)])
-def test_hosts_share_the_global_batch(data, bounds):
-  """Each host's host_rows part, concatenated, is the single-host batch."""
+@pytest.mark.parametrize("bounds", [(0, 8, 16), (0, 5, 16)])
+def test_processes_share_the_global_batch(data, bounds):
+  """Each process's host_rows part, concatenated, is the single-process batch."""
   split, vocab = data
   with pipeline.train_batches(split, vocab, global_batch_size=16, seed=5) as it:
     single = _take(it, 3)
@@ -125,102 +116,38 @@ def test_hosts_share_the_global_batch(data, bounds):
     with pipeline.train_batches(split, vocab, global_batch_size=16, seed=5,
                                 host_rows=rows) as it:
       parts.append(_take(it, 3))
-  seen = []
   for step in range(3):
     for key in single[step]:
       np.testing.assert_array_equal(
           np.concatenate([p[step][key] for p in parts]), single[step][key])
     for (start, stop), p in zip(zip(bounds, bounds[1:]), parts):
       assert p[step]["images"].shape[0] == stop - start
-      seen.extend(_image_ids(split, p[step]["images"]))
-  assert sorted(seen) == list(range(48))  # Disjoint and covering the split.
-
-
-def test_state_round_trip(data):
-  split, vocab = data
-  kwargs = dict(global_batch_size=8, seed=3)
-  with pipeline.train_batches(split, vocab, **kwargs) as it:
-    reference = _take(it, 10)
-  with pipeline.train_batches(split, vocab, **kwargs) as it:
-    _take(it, 4)
-    state = json.loads(json.dumps(it.get_state()))
-  assert (state["epoch"], state["step"]) == (0, 4)
-  with pipeline.train_batches(split, vocab, state=state, **kwargs) as it:
-    _assert_same(_take(it, 6), reference[4:])
-  with pytest.raises(ValueError, match="seed=3 but this pipeline has 4"):
-    pipeline.train_batches(split, vocab, state=state, **dict(kwargs, seed=4))
 
 
 def test_no_drop_remainder_pads_and_masks(data):
   split, vocab = data
   with pipeline.train_batches(split, vocab, global_batch_size=20, seed=0,
-                              drop_remainder=False) as it:
+                              drop_remainder=False, host_rows=(4, 20)) as it:
     assert it.steps_per_epoch == 3
-    batches = _take(it, 6)  # Two epochs: the padded rows of a reused buffer are zeroed again.
-  assert [int(b["mask"].sum()) for b in batches] == [20, 20, 8] * 2
+    batches = _take(it, 6)  # Two epochs.
+  assert [int(b["mask"].sum()) for b in batches] == [16, 16, 4] * 2  # Rows 4..7 of 8 valid.
   for last in (batches[2], batches[5]):
-    assert not last["images"][~last["mask"]].any()
-    assert (last["lengths"][~last["mask"]] == 2).all()
-  ids = [i for b in batches[:3] for i, m in zip(_image_ids(split, b["images"]), b["mask"]) if m]
-  assert sorted(ids) == list(range(48))
+    pad = ~last["mask"]
+    assert not last["images"][pad].any() and (last["lengths"][pad] == 2).all()
+    assert (last["tokens"][pad, :2] == (tokenizer.START, tokenizer.END)).all()
+    assert not last["tokens"][pad, 2:].any()
 
 
-def test_held_batches_are_never_overwritten_and_dropped_ones_are_reused(data):
-  split, vocab = data
-  with pipeline.train_batches(split, vocab, global_batch_size=8, seed=1, prefetch=1,
-                              workers=1) as it:
-    want = [it.batch(g) for g in range(30)]
-    held = next(it)["images"]  # Kept: its buffer must not come back.
-    view = next(it)["images"][2:]  # A view keeps its base alive too.
-    addresses = set()
-    for g in range(2, 30):
-      batch = next(it)
-      np.testing.assert_array_equal(batch["images"], want[g]["images"])
-      addresses.add(batch["images"].ctypes.data)
-      del batch
-    np.testing.assert_array_equal(held, want[0]["images"])
-    np.testing.assert_array_equal(view, want[1]["images"][2:])
-  assert len(addresses) <= 4  # The pool (prefetch + workers + 2) came back, not 28 arrays.
-
-
-def test_buffer_pool():
-  pool = streams.BufferPool((2, 3), np.float32, size=2)
-  a = pool.get()
-  a_id = id(a)
-  del a
-  assert id(pool.get()) == a_id  # Nobody held it.
-  a = pool.get()
-  b = pool.get()
-  assert a is not b
-  c = pool.get()  # Both pooled buffers held: a fresh array, not kept.
-  assert c is not a and c is not b
-  view = b[1:]
-  del a, b, c
-  gc.collect()
-  d = pool.get()
-  assert id(d) == a_id  # b is still referenced through its view.
-  assert pool.get() is not view.base
-
-
-def test_thread_stream_raises_in_order_and_stops():
-  calls = []
-  lock = threading.Lock()
-
-  def fn(g):
-    with lock:
-      calls.append(g)
-    if g == 3:
-      raise RuntimeError("bad row 3")
-    return g
-
-  stream = streams.ThreadStream(fn, 0, prefetch=2, workers=3)
-  assert [next(stream) for _ in range(3)] == [0, 1, 2]
-  with pytest.raises(RuntimeError, match="bad row 3"):
-    next(stream)
-  stream.close()
-  assert max(calls) <= 3 + 2 + 3  # Never more than prefetch + workers ahead.
-  with pytest.raises(StopIteration):
-    next(stream)
+def test_features_are_mapped_or_read_into_memory(data, tmp_path):
+  """Memmap slices are mapped again, other arrays copied; tf kernels get aligned memory."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from camp_jax.data import feed  # pylint: disable=g-import-not-at-top
+  split, _ = data
+  np.save(tmp_path / "odd_ims.npy", np.arange(30, dtype=np.float32).reshape(10, 1, 3))
+  odd = precomp.open_features(tmp_path / "odd_ims.npy")
+  for images in (split.images[8:40], split.images[::3], odd[1:], odd[3:7]):
+    tensor = feed.features_tensor(images)  # odd[1:] starts 12 bytes past an aligned row.
+    np.testing.assert_array_equal(tf.gather(tensor, [2, 0]).numpy(), images[[2, 0]])
 
 
 def test_bad_arguments(data):
@@ -230,8 +157,8 @@ def test_bad_arguments(data):
       pipeline.train_batches(split, vocab, global_batch_size=8, seed=0, host_rows=rows)
   with pytest.raises(ValueError, match="no full batch of 64"):
     pipeline.train_batches(split, vocab, global_batch_size=64, seed=0)
-  with pytest.raises(ValueError, match="backend 'auto'"):
-    pipeline.train_batches(split, vocab, global_batch_size=8, seed=0, backend="auto")
+  with pytest.raises(ValueError, match="length buckets must be >= 3"):
+    pipeline.train_batches(split, vocab, global_batch_size=8, seed=0, length_buckets=(2, 49))
 
 
 def test_tfds_records_read_like_the_folder(tmp_path):
@@ -249,3 +176,13 @@ def test_tfds_records_read_like_the_folder(tmp_path):
   with pipeline.train_batches(records, vocab, **kwargs) as x, pipeline.train_batches(
       folder, vocab, **kwargs) as y:
     _assert_same(_take(x, 5), _take(y, 5))
+
+
+def test_bench_times_the_feed_and_grain_beside_it():
+  from camp_jax.bench import pipeline as bench  # pylint: disable=g-import-not-at-top
+  feeds = ("tf", "grain") if importlib.util.find_spec("grain") else ("tf",)
+  result = bench.run(regions=2, feature_dim=4, images=24, batch_size=8, steps=2, feeds=feeds,
+                     warmup=1)
+  assert tuple(result["feeds"]) == feeds and all(
+      t["pairs_per_s"] > 0 for t in result["feeds"].values())
+  assert "image-caption pairs/s" in bench.describe(result)

@@ -10,13 +10,14 @@ import pytest
 from camp_jax import models, scoring, sharding
 from camp_jax.aot import topology
 from camp_jax.models import pooling_kernel
+from tests import helpers
 
 D, R = 128, 36
 
 
-def _model_and_features(dtype="float32", images=3, lengths=(12, 7, 3, 12, 9, 1)):
+def _model_and_features(dtype="float32", images=3, lengths=(12, 7, 3, 12, 9, 1), **variant):
   cfg = dict(vocab_size=50, word_dim=16, embed_dim=D, img_dim=64, variant="gate_fusion",
-             dtype=dtype)
+             dtype=dtype, **variant)
   model = models.build(cfg)
   params = model.init(jax.random.key(0), np.zeros((1, R, 64), np.float32),
                       np.ones((1, 2), np.int32), np.array([2], np.int32))["params"]
@@ -28,9 +29,11 @@ def _model_and_features(dtype="float32", images=3, lengths=(12, 7, 3, 12, 9, 1))
   return model, params, img_emb, cap_emb, mask
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_kernel_gives_the_xla_chains_scores_and_gates(dtype):
-  model, params, img_emb, cap_emb, mask = _model_and_features(dtype)
+@pytest.mark.parametrize("dtype,variant", [("float32", {}), ("bfloat16", {}),
+                                           ("float32", dict(gate="open", head="cosine"))])
+def test_kernel_gives_the_xla_chains_scores_and_gates(dtype, variant):
+  """Also for the ablation's switches (open gates: a column of ones; cosine head)."""
+  model, params, img_emb, cap_emb, mask = _model_and_features(dtype, **variant)
   apply = lambda *a, **k: model.apply({"params": params}, *a, **k)
   img = apply(img_emb, method="image_features")
   cap = apply(cap_emb, mask, method="caption_features")
@@ -68,7 +71,7 @@ def test_score_matrix_with_the_kernel_equals_xla():
     run("mosaic")
 
 
-@pytest.mark.skipif(not topology.available("tpu"),
+@pytest.mark.skipif(not helpers.compiler_installed("tpu"),
                     reason=f"libtpu is not installed ({topology.INSTALL['tpu']})")
 def test_kernel_compiles_for_tpu_and_reports_its_cost():
   """`pair_scores` with pooling="auto" on a TPU mesh lowers the kernel, and Mosaic compiles it."""

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camp_jax import losses, models, scoring
+from camp_jax import batching, losses, models, scoring
 
 TINY = dict(vocab_size=30, word_dim=6, embed_dim=16, img_dim=10)
 REGIONS, WORDS = 5, 20
@@ -28,7 +28,7 @@ def _setup(case, n_img=7, n_cap=13, seed=0, dtype="float32"):
   lengths = rng.integers(1, WORDS + 1, size=n_cap).astype(np.int32)
   lengths[0] = WORDS                                                # one full-width caption
   tokens = rng.integers(4, TINY["vocab_size"], size=(n_cap, WORDS)).astype(np.int32)
-  params = model.init(jax.random.key(seed), images[:1], tokens[:1], lengths[:1])["params"]
+  params = models.init_params(model, jax.random.key(seed))
   params = jax.tree.map(lambda x: 3.0 * x, params)
   apply = lambda *a, method: model.apply({"params": params}, *a, method=method)
   img_emb = np.asarray(apply(images, method="encode_images"))
@@ -64,7 +64,7 @@ def test_fast_score_matrix_matches_reference(case):
 def test_driver_buckets_odd_tiles_single_caption(case):
   model, params, img_emb, cap_emb, cap_mask = _setup(case)
   ref = np.asarray(_reference(model, params, img_emb, cap_emb, cap_mask))
-  before = scoring._score_tile._cache_size()
+  before = scoring.score_tile._cache_size()
   buckets = (8,)                                                    # + the full width, 20
   seen = []
   got = scoring.score_matrix(model, params, img_emb, cap_emb, cap_mask, buckets=buckets,
@@ -74,9 +74,31 @@ def test_driver_buckets_odd_tiles_single_caption(case):
   np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
   assert seen and seen[-1][1] == ref.size
   widths = set(scoring.bucket_widths_for(cap_mask.sum(1), WORDS, buckets))
-  assert scoring._score_tile._cache_size() - before <= len(widths)  # one compile per width
+  assert scoring.score_tile._cache_size() - before <= len(widths)  # one compile per width
   one = scoring.score_matrix(model, params, img_emb, cap_emb[3:4], cap_mask[3:4], progress=None)
   np.testing.assert_allclose(one, ref[:, 3:4], atol=1e-5, rtol=0)
+  # Embeddings left on the devices, rows padded (as evaluation encodes a split).
+  on_devices = [jax.device_put(batching.pad_rows(x, 16)) for x in (img_emb, cap_emb, cap_mask)]
+  got = scoring.score_matrix(model, params, *on_devices, buckets=buckets, image_tile=3,
+                             caption_chunk=3, progress=None, num_images=len(img_emb),
+                             num_captions=len(cap_emb))
+  np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+
+
+def test_tile_plan_covers_every_caption_once_within_the_tile_bytes():
+  widths = np.array([8] * 5 + [20] * 9 + [12] * 2)
+  most = 7 * scoring.pair_bytes(REGIONS, 20, 16)
+  plan = scoring.tile_plan(11, widths, REGIONS, 16, n_dev=2, max_tile_bytes=most,
+                           image_tile=3, caption_chunk=4)
+  assert plan.image_group == 2 * plan.images_per_device <= 2 * 3
+  assert plan.groups * plan.image_group >= 11 > (plan.groups - 1) * plan.image_group
+  assert plan.tiles == plan.groups * len(plan.chunks)
+  columns = np.concatenate([c.columns for c in plan.chunks])
+  np.testing.assert_array_equal(np.sort(columns), np.arange(len(widths)))
+  for c in plan.chunks:
+    assert set(widths[c.columns]) == {c.width} and len(c.columns) <= c.size <= 4
+    assert c.size % c.block == 0
+    assert plan.images_per_device * c.block * scoring.pair_bytes(REGIONS, c.width, 16) <= most
 
 
 def test_bfloat16_close_to_float32():

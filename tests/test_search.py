@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from camp_jax import bundle, cli, gallery as gallery_lib, inference, models, search
+from camp_jax.search import __main__ as search_cli
 from camp_jax.evaluate import shortlist
 from camp_jax.data import synthetic, tokenizer, vocab as vocab_lib
 
@@ -16,7 +17,8 @@ NUM_IMAGES = 8
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp("search")
   gallery = synthetic.generate(root / "gallery", num_train=20, num_dev=2, num_test=NUM_IMAGES,
-                               num_regions=4, feature_dim=10)
+                               num_regions=4, feature_dim=10,
+                               clutter_regions=1)
   vocab = vocab_lib.load_vocab(root / "gallery" / "vocab.json")
   config = dict(name="camp", vocab_size=len(vocab), word_dim=6, embed_dim=8, img_dim=10,
                 pool_heads=2)
@@ -72,7 +74,7 @@ def test_gallery_is_encoded_once_and_cached(setup, tmp_path):
 
 def test_unknown_words_are_reported(setup, capsys):
   path, data_dir, _ = setup
-  assert cli.call(search.main, [f"--bundle={path}", f"--data_dir={data_dir}",
+  assert cli.call(search_cli.main, [f"--bundle={path}", f"--data_dir={data_dir}",
                                 "--query=a red zebra next to a xylophone", "--top=3"]) == 0
   out = capsys.readouterr()
   warning = [l for l in out.err.splitlines() if "unknown words mapped to <unk>" in l]
@@ -84,7 +86,7 @@ def test_unknown_words_are_reported(setup, capsys):
 
 def test_empty_query_is_refused(setup, capsys):
   path, data_dir, predictor = setup
-  assert cli.call(search.main, [f"--bundle={path}", f"--data_dir={data_dir}",
+  assert cli.call(search_cli.main, [f"--bundle={path}", f"--data_dir={data_dir}",
                                 "--query=  "]) == 1
   assert "error: empty query" in capsys.readouterr().err
   with pytest.raises(ValueError, match="empty query"):
@@ -99,7 +101,7 @@ def test_feature_size_mismatch_is_refused_before_any_work(setup, tmp_path, monke
   with pytest.raises(ValueError, match=r"test_ims\.npy: region features have shape "
                                        r"\(2, 4, 7\).*img_dim=10"):
     gallery_lib.Gallery(predictor, tmp_path, "test")
-  assert cli.call(search.main, [f"--bundle={path}", f"--data_dir={tmp_path}", "--image=0"]) == 1
+  assert cli.call(search_cli.main, [f"--bundle={path}", f"--data_dir={tmp_path}", "--image=0"]) == 1
   assert not (tmp_path / gallery_lib.CACHE_DIR).exists()
 
 
@@ -119,7 +121,7 @@ def test_shortlist_rerank_recall_table(setup, tmp_path, capsys):
   assert k1["i2t_r1"] == pytest.approx(stage1["i2t_r1"])
   assert k1["t2i_r1"] == pytest.approx(stage1["t2i_r1"])
   assert "exhaustive" in shortlist.format_recall_table(rows)
-  assert cli.call(search.main, [f"--bundle={path}", f"--data_dir={data_dir}",
+  assert cli.call(search_cli.main, [f"--bundle={path}", f"--data_dir={data_dir}",
                                 "--evaluate_shortlist", "--ks=1",
                                 f"--cache_dir={tmp_path / 'cache'}"]) == 0
   assert "shortlist" in capsys.readouterr().out

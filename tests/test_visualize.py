@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from camp_jax import bundle, cli, inference, models, visualize
+from camp_jax.visualize import __main__ as visualize_cli
 from camp_jax.data.vocab import Vocabulary
 
 pytest.importorskip("matplotlib")
@@ -56,7 +57,7 @@ def test_png_has_size_and_content(setup, tmp_path, capsys):
   from matplotlib import image as mpimg  # pylint: disable=g-import-not-at-top
   path, root = setup
   out = tmp_path / "pair.png"
-  assert cli.call(visualize.main, [f"--bundle={path}", f"--data_dir={root}", "--image=0",
+  assert cli.call(visualize_cli.main, [f"--bundle={path}", f"--data_dir={root}", "--image=0",
                                    "--caption=7", f"--out={out}"]) == 0
   assert "unknown words mapped to <unk>: zebra" in capsys.readouterr().err
   picture = mpimg.imread(out)
@@ -72,7 +73,7 @@ def test_png_has_size_and_content(setup, tmp_path, capsys):
 
 def test_bad_indices_are_refused(setup, tmp_path, capsys):
   path, root = setup
-  assert cli.call(visualize.main, [f"--bundle={path}", f"--data_dir={root}", "--image=5",
+  assert cli.call(visualize_cli.main, [f"--bundle={path}", f"--data_dir={root}", "--image=5",
                                    "--caption=0", f"--out={tmp_path / 'x.png'}"]) == 1
   assert "--image=5 is outside [0, 2)" in capsys.readouterr().err
   assert not (tmp_path / "x.png").exists()

@@ -1,4 +1,5 @@
 """Tests for camp_jax.data.word_vectors on small .npy files."""
+import ml_collections
 import numpy as np
 import pytest
 
@@ -59,3 +60,16 @@ def test_missing_and_unreadable_files(tmp_path):
   np.save(tmp_path / "w.npy", np.zeros((4, 3), np.float32))
   with pytest.raises(FileNotFoundError, match=r"m.npy: no such word-vector mask file"):
     word_vectors.load_word_vectors(tmp_path / "w.npy", 4, tmp_path / "m.npy")
+
+
+def test_from_config_gives_the_rows_taken(tmp_path):
+  section = ml_collections.ConfigDict(dict(path="", mask="", freeze=False))
+  assert word_vectors.from_config(section, 4) is None
+  np.save(tmp_path / "w.npy", np.ones((4, 3), np.float32))
+  section.path = str(tmp_path / "w.npy")
+  vectors, rows = word_vectors.from_config(section, 4)
+  assert vectors.shape == (4, 3) and rows.tolist() == [True] * 4  # no mask: every row
+  np.save(tmp_path / "m.npy", np.array([1, 0, 0, 1]))
+  section.mask = str(tmp_path / "m.npy")
+  _, rows = word_vectors.from_config(section, 4)
+  assert rows.tolist() == [True, False, False, True]

@@ -11,7 +11,8 @@ TPU topologies need libtpu (pip install -e '.[tpu]'), GPU ones the CUDA plugin
 (pip install -e '.[cuda12]'); neither needs the hardware. Per device it reports memory
 (arguments, outputs, temporaries, aliased) against the chip's HBM, FLOPs and HBM bytes per
 call, compile seconds, a roofline time and hours per epoch (train) or per evaluation
-(eval). Exits 1 when a program does not fit the chip's memory, naming it and by how much.
+(eval). A program fits when it takes at most 90% of the chip's HBM, the headroom a run keeps
+(`camp_jax.memory`); exits 1 when one does not, naming it and by how much.
 """
 import json
 import sys
@@ -27,7 +28,8 @@ flags.DEFINE_multi_string("topology", None, "CHIP:SHAPE, repeatable or comma-sep
 flags.DEFINE_list("program", ["train"], "train (the train step), eval (the scoring tile at "
                   "the eval split's size), or both: train,eval.")
 flags.DEFINE_bool("fit_chunk", False, "Also find the largest config.train_caption_chunk whose "
-                  "train step fits the chip (0 = no chunking; one compile per candidate).")
+                  "train step fits the chip, as a run picks it (0 = no chunking; one compile "
+                  "per candidate).")
 FLAGS = flags.FLAGS
 
 

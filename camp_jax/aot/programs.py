@@ -1,7 +1,8 @@
 """The project's own programs, described abstractly for a device list.
 
   train_program(config, devices) -> analysis.Program    train.make_train_step, real state
-  eval_program(config, devices)  -> analysis.Program    scoring's tile at the eval split size
+  eval_program(config, devices)  -> analysis.Program    scoring.score_tile, as scoring plans
+                                                        it for the eval split
 
 Nothing here copies the train step: the state is `train.create_train_state` under
 `jax.eval_shape` (on one CPU device; only shapes are kept), the step is
@@ -68,25 +69,19 @@ def train_program(config, devices) -> analysis.Program:
                           rebuild=lambda d: train_program(config, d))
 
 
-def tile_plan(n_img: int, n_cap: int, regions: int, width: int, dim: int, n_dev: int,
-              platform: str, image_tile: int = 128, caption_chunk: int = 2048) -> dict:
-  """score_matrix's sizes for its widest caption bucket: images per device and group,
-  captions per chunk and per block, and how many tiles the split takes (an upper bound:
-  every caption counted at the widest bucket)."""
-  # pylint: disable=protected-access
-  max_tile = scoring.default_tile_bytes(platform)
-  most_pairs = max(1, max_tile // scoring.pair_bytes(regions, width, dim))
-  groups, per_dev = scoring._split(-(-n_img // n_dev), min(image_tile, most_pairs))
-  block = max(1, min(n_cap, max_tile // scoring.pair_bytes(regions, width, dim) // per_dev))
-  parts, size = scoring._split(n_cap, min(caption_chunk, n_cap))
-  blocks, block = scoring._split(size, block)
-  return {"images_per_device": per_dev, "image_group": n_dev * per_dev, "groups": groups,
-          "caption_chunk": blocks * block, "caption_block": block, "chunks": parts,
-          "tiles": groups * parts}
+def eval_plan(wl: workload.Workload, width: int, dim: int, n_dev: int, platform: str) -> dict:
+  """`scoring.tile_plan` of the eval split, every caption at the widest bucket (an upper
+  bound on the tiles): images per device and group, captions per chunk and block."""
+  plan = scoring.tile_plan(wl.eval_images, np.full(wl.eval_captions, width), wl.regions, dim,
+                           n_dev, scoring.default_tile_bytes(platform))
+  return {"images_per_device": plan.images_per_device, "image_group": plan.image_group,
+          "groups": plan.groups, "caption_chunk": plan.chunks[0].size,
+          "caption_block": plan.chunks[0].block, "chunks": len(plan.chunks),
+          "tiles": plan.tiles}
 
 
 def eval_program(config, devices, platform: str | None = None) -> analysis.Program:
-  """scoring._score_tile: one image group (split over every device) x one caption chunk,
+  """scoring.score_tile: one image group (split over every device) x one caption chunk,
   at the config's first eval split (all captions at the widest bucket). `platform` sizes
   the tiles (default: the devices'), so a CPU rebuild keeps the accelerator's plan."""
   config = config.copy_and_resolve_references()
@@ -99,10 +94,8 @@ def eval_program(config, devices, platform: str | None = None) -> analysis.Progr
   width = max(wl.caption_width, model_cfg.get("pad_words_to") or 0)
   mesh = sharding.make_mesh((len(devices), 1), devices)
   platform = platform or np.asarray(devices).flat[0].platform
-  plan = tile_plan(wl.eval_images, wl.eval_captions, wl.regions, width, dim, mesh.size,
-                   platform)
-  params = jax.eval_shape(functools.partial(train.init_params, model, model_cfg),
-                          jax.random.key(0))
+  plan = eval_plan(wl, width, dim, mesh.size, platform)
+  params = jax.eval_shape(functools.partial(models.init_params, model), jax.random.key(0))
   img = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="image_features"),
                        params, SDS((plan["image_group"], wl.regions, dim), jnp.float32))
   rep = sharding.replicated(mesh)
@@ -115,7 +108,7 @@ def eval_program(config, devices, platform: str | None = None) -> analysis.Progr
           "pairs_per_tile": plan["image_group"] * plan["caption_chunk"],
           "tile_fraction_of_split": plan["image_group"] * plan["caption_chunk"]
                                     / math.prod((wl.eval_images, wl.eval_captions))}
-  return analysis.Program("eval_tile", scoring._score_tile, args,  # pylint: disable=protected-access
+  return analysis.Program("eval_tile", scoring.score_tile, args,
                           {"mesh": mesh, "block": plan["caption_block"],
                            "pooling": scoring.pooling_for(mesh, config.pooling_kernel)}, info,
                           calls=plan["tiles"], unit="eval",

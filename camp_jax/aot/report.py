@@ -1,8 +1,8 @@
 """One topology's report: both programs analysed, as a dict (JSON) and as a readable table."""
 import os
 
-from camp_jax import chunking
-from camp_jax.aot import hlo_cost, topology
+from camp_jax import memory
+from camp_jax.aot import analysis, chunk, hlo_cost, programs as programs_lib, topology
 
 GIB = float(1 << 30)
 DESCRIBE_ROWS = 6  # of the largest traffic rows
@@ -22,8 +22,6 @@ def prepare(topos) -> None:
 def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = False) -> dict:
   """Compiles `programs` ("train", "eval") of `config` for `topo`; the report as a dict.
   `fit_chunk`: also search the largest train_caption_chunk that fits (`chunk`)."""
-  # pylint: disable=g-import-not-at-top
-  from camp_jax.aot import analysis, chunk, programs as programs_lib
   devices = topology.devices(topo)
   dtype = config.model.dtype
   out = {"topology": topo.name, "chips": topo.num_devices, "platform": topo.platform,
@@ -31,28 +29,30 @@ def run(config, topo: topology.Topology, programs=("train",), fit_chunk: bool = 
          "dtype": dtype}
   keys = {"train": "train_step", "eval": "eval_tile"}
   for name in programs:
-    if name == "train" and config.train_caption_chunk == chunking.AUTO:
+    if name == "train" and config.train_caption_chunk == memory.AUTO:
       out[keys[name]] = _auto_chunk_train(config, topo, devices)
       continue
     program = programs_lib.PROGRAMS[name](config, devices)
     out[keys[name]] = analysis.analyze(program, topo, dtype)
   if fit_chunk:
-    out["largest_fitting_chunk"] = chunk.largest_fitting(config, topo, devices)
+    capacity = analysis.capacity(topo)
+    out["largest_fitting_chunk"] = chunk.largest_fitting(config, devices, capacity)
   out["mesh"] = next((out[k]["mesh"] for k in keys.values() if k in out), None)
   return out
 
 
 def _auto_chunk_train(config, topo, devices) -> dict:
-  """train_caption_chunk=-1, as a run resolves it (train.resolve_caption_chunk): the first
-  candidate (no chunking, then smaller blocks) whose step fits the chip; one compile each."""
-  from camp_jax.aot import analysis, chunk, programs as programs_lib  # pylint: disable=g-import-not-at-top
-  result = None
-  for _, trial in chunk.trials(config, devices):
-    result = analysis.analyze(programs_lib.train_program(trial, devices), topo,
-                              config.model.dtype)
-    if result["fits"]:
-      break
-  return result
+  """train_caption_chunk=-1 as a run resolves it (`chunk`, `memory.largest_fitting_chunk`):
+  the report of the chunk picked, or of the last tried when none fits."""
+  reports = []
+
+  def measure(trial):
+    reports.append(analysis.analyze(programs_lib.train_program(trial, devices), topo,
+                                    config.model.dtype))
+    return reports[-1]["memory_per_chip_bytes"]
+
+  chunk.largest_fitting(config, devices, analysis.capacity(topo), measure)
+  return reports[-1]
 
 
 def not_fitting(reports) -> list[str]:
@@ -62,9 +62,11 @@ def not_fitting(reports) -> list[str]:
     for key in ("train_step", "eval_tile"):
       p = r.get(key)
       if p and not p["fits"]:
-        need, have = p["memory_per_chip_bytes"] / GIB, p["hbm_capacity_bytes"] / GIB
+        need, have = p["memory_per_chip_bytes"] / GIB, p["usable_bytes"] / GIB
         lines.append(f"{key} on {r['topology']} needs {need:.2f} GiB per chip, "
-                     f"{need - have:.2f} GiB more than the {have:.1f} GiB of HBM")
+                     f"{need - have:.2f} GiB more than the {have:.1f} GiB a run may use "
+                     f"of its {p['hbm_capacity_bytes'] / GIB:.1f} GiB (memory.HEADROOM, "
+                     "and jax's share on GPUs)")
   return lines
 
 
@@ -92,7 +94,8 @@ def describe(r: dict) -> str:
     lines += [
         f"  {key}: per device",
         f"    memory   {_num(p['memory_per_chip_bytes'], GIB)} GiB of "
-        f"{_num(p['hbm_capacity_bytes'], GIB, '{:.1f}')} GiB  fits: "
+        f"{_num(p['hbm_capacity_bytes'], GIB, '{:.1f}')} GiB, {_num(p['usable_bytes'], GIB)} "
+        f"GiB usable  fits: "
         f"{'yes' if p['fits'] else 'NO'}  (arguments {_num(p['argument_bytes'], GIB)}, "
         f"outputs {_num(p['output_bytes'], GIB)}, temporaries {_num(p['temp_bytes'], GIB)}, "
         f"aliased {_num(p['alias_bytes'], GIB)} GiB)",
@@ -115,8 +118,6 @@ def describe(r: dict) -> str:
                    f"{p['eval_images']} x {p['eval_captions']} ({p['eval_split']})")
   fit = r.get("largest_fitting_chunk")
   if fit:
-    tried = ", ".join(f"{t['chunk']}: {_num(t['memory_per_chip_bytes'], GIB)} GiB"
-                      for t in fit["tried"])
-    lines.append(f"  largest train_caption_chunk that fits: {fit['chunk']} (0 = no chunking; "
-                 f"tried {tried})")
+    lines.append(f"  largest train_caption_chunk that fits the usable memory: "
+                 f"{fit['chunk']} (0 = no chunking; tried {memory.describe_tried(fit)})")
   return "\n".join(lines)

@@ -75,7 +75,8 @@ def prepare_env(platforms) -> None:
     os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
 
 
-def _require(platform: str) -> None:
+def require(platform: str) -> None:
+  """Raises RuntimeError, saying what to install, unless `platform`'s compiler is here."""
   module = {"tpu": "libtpu", "cuda": "jax_cuda12_plugin"}[platform]
   if platform == "tpu" and os.path.isfile(os.environ.get("TPU_LIBRARY_PATH", "")):
     return  # jax loads libtpu from there, as on TPU VM images
@@ -85,18 +86,10 @@ def _require(platform: str) -> None:
                        f"installed: {INSTALL[platform]}")
 
 
-def available(platform: str) -> bool:
-  try:
-    _require(platform)
-  except RuntimeError:
-    return False
-  return True
-
-
 def devices(topo: Topology) -> list:
   """The topology's compile-only devices, in jax's order."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
-  _require(topo.platform)
+  require(topo.platform)
   if topo.platform == "tpu":
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.name,
                                         **(topo.chip.tpu_options or {}))

@@ -6,7 +6,7 @@ r"""Benchmarks: python -m camp_jax.bench COMMAND [flags].
       --config.batch_size=32 [--config.fast_scoring=False] --steps=2 [--json]
   python -m camp_jax.bench export --embed_dim=256 --images=20 --captions=400 [--bundle=B] [--json]
   python -m camp_jax.bench pipeline --regions=36 --feature_dim=2048 --images=2000 --batch_size=128 \
-      [--steps=200] [--backend=thread|tf] [--workers=N] [--json]
+      [--steps=200] [--feeds=tf,grain] [--workers=N] [--json]
 
 Figures are measured, never projected, unless a line says PROJECTION.
 """
@@ -15,7 +15,7 @@ import json
 from absl import flags
 
 from camp_jax import cli
-from camp_jax.bench import scoring as scoring_bench
+from camp_jax.bench import export, pipeline, scoring as scoring_bench, train_step
 
 cli.define("config", "json", "bundle")
 flags.DEFINE_enum("preset", None, sorted(scoring_bench.PRESETS), "scoring: sizes of a preset.")
@@ -33,14 +33,13 @@ flags.DEFINE_integer("reference_captions", None,
 flags.DEFINE_bool("fast_only", False, "scoring: skip the reference path.")
 flags.DEFINE_integer("slice_images", None,
                      "scoring: score this many images (all captions), project the full time.")
-flags.DEFINE_integer("repeats", 3, "scoring/export: timed runs of each side, interleaved, "
-                     "best kept.")
+flags.DEFINE_integer("repeats", 3, "scoring/export/pipeline: timed runs of each side, "
+                     "interleaved, best kept.")
 flags.DEFINE_integer("steps", 5, "train_step/pipeline: timed steps after the first.")
 flags.DEFINE_integer("feature_dim", 2048, "pipeline: feature size.")
 flags.DEFINE_integer("batch_size", 128, "pipeline: global batch.")
-flags.DEFINE_enum("backend", "thread", ["auto", "tf", "thread"],
-                  "pipeline: who makes batches ahead (auto: the default, thread).")
-flags.DEFINE_integer("workers", None, "pipeline: threads making batches (default min(4, CPUs)).")
+flags.DEFINE_list("feeds", ["tf"], "pipeline: feeds to time: tf (train_batches), grain.")
+flags.DEFINE_integer("workers", None, "pipeline: grain's threads (default min(4, CPUs)).")
 FLAGS = flags.FLAGS
 
 
@@ -57,7 +56,6 @@ def _scoring():
 
 
 def _train_step():
-  from camp_jax.bench import train_step  # pylint: disable=g-import-not-at-top
   if FLAGS.config is None:
     raise ValueError("train_step needs --config=configs/NAME.py[:ARG]")
   result = train_step.run(FLAGS.config, FLAGS.steps)
@@ -65,7 +63,6 @@ def _train_step():
 
 
 def _export():
-  from camp_jax.bench import export  # pylint: disable=g-import-not-at-top
   result = export.run(images=FLAGS.images, captions=FLAGS.captions, embed_dim=FLAGS.embed_dim,
                       img_dim=FLAGS.img_dim, regions=FLAGS.regions, bundle_dir=FLAGS.bundle,
                       repeats=FLAGS.repeats)
@@ -73,11 +70,10 @@ def _export():
 
 
 def _pipeline():
-  from camp_jax.bench import pipeline  # pylint: disable=g-import-not-at-top
   result = pipeline.run(regions=FLAGS.regions, feature_dim=FLAGS.feature_dim,
                         images=FLAGS.images, batch_size=FLAGS.batch_size,
-                        steps=FLAGS.steps, workers=FLAGS.workers,
-                        backend="thread" if FLAGS.backend == "auto" else FLAGS.backend)
+                        steps=FLAGS.steps, workers=FLAGS.workers, feeds=FLAGS.feeds,
+                        repeats=FLAGS.repeats)
   return result, pipeline.describe(result)
 
 

@@ -9,29 +9,22 @@ import time
 
 import jax
 
-from camp_jax import bench, models, sharding, train
+from camp_jax import bench, sharding, train
 from camp_jax.aot import analysis
+from camp_jax.data import pipeline
 
 
 def run(config, steps: int = 5) -> dict:
   """Compiles and runs one step, then times `steps` more (config.init_from is ignored)."""
-  from camp_jax import data  # pylint: disable=g-import-not-at-top
-  from camp_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   config.unlock().init_from = ""
-  vocab = data.load_vocab(config.data)
-  split = data.load_split(config.data, config.data.train_split)
-  model_cfg = models.model_config(config, len(vocab), split.feature_dim)
-  model = models.build(model_cfg)
-  mesh = train.make_mesh(config)
-  steps_per_epoch = max(1, split.num_images // config.batch_size)
-  state, tx, schedule = train.create_train_state(config, model, model_cfg, steps_per_epoch, mesh)
-  with pipeline.train_batches(split, vocab, global_batch_size=config.batch_size,
+  setup = train.setup(config)
+  state, mesh, split, model_cfg = setup.state, setup.mesh, setup.split, setup.model_cfg
+  with pipeline.train_batches(split, setup.vocab, global_batch_size=config.batch_size,
                               seed=0) as batches:
     batch = sharding.global_batch(next(batches), mesh, config.batch_size)
-  config = train.resolve_caption_chunk(config, model, tx, schedule, mesh, state,
-                                       jax.tree.map(lambda x: x.shape, batch))
+  config, step = setup.step(batch["tokens"].shape[1])
   start = time.perf_counter()
-  step = train.make_train_step(model, tx, schedule, config, mesh).lower(state, batch).compile()
+  step = step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   cost = analysis.cost(step) or {}
   start = time.perf_counter()

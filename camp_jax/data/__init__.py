@@ -3,8 +3,8 @@
 `load_split(config.data, name)` and `load_vocab(config.data)` read a run's data from the
 source `config.data.kind` names: the built-in synthetic set (generated into
 `config.data.dir` on first use), a precomp folder, or TFDS records. Importing this package
-is cheap; tensorflow is imported only by `pipeline` with backend="tf", `streams` and
-`tfds_builders`.
+is cheap; tensorflow is imported only by `feed` (the tf.data graph that `pipeline` builds
+when an iterator is made) and `tfds_builders`.
 """
 import os
 import pathlib
@@ -37,6 +37,16 @@ def load_split(data_config, name: str) -> precomp.PrecompSplit:
     from camp_jax.data.tfds_builders import reader  # pylint: disable=g-import-not-at-top
     return reader.read_tfds_split(os.fspath(data_config.dir), name)
   return precomp.read_split(_folder(data_config), name)
+
+
+def load_relevance(data_config, name: str):
+  """(region_relevant bool (N, R), word_relevant bool (5N, T)) of split `name`: the truth
+  the synthetic set writes (see `synthetic`); column t of a word row is token t of
+  `tokenizer.encode(caption)`. Raises, naming the file, for data without it."""
+  if _check_kind(data_config) == "tfds":
+    raise ValueError(f"config.data.kind='tfds' ({data_config.dir}): relevance is read from a "
+                     "synthetic or precomp folder")
+  return synthetic.read_relevance(_folder(data_config), name)
 
 
 def load_vocab(data_config) -> vocab_lib.Vocabulary:

@@ -1,10 +1,13 @@
-"""Pretrained word vectors in the release's format, for initialising the word embedding.
+"""Pretrained word vectors in the release's format: `config.word_vectors` (path, mask, freeze).
 
 The release's stage-1 config points `word_embed` at `f30kword2vec300dim_3.npy`: a float
 (V, d) array, row i the vector of vocabulary id i of the release's `.pkl` vocabulary (so the
 rows line up only with that vocabulary). An optional mask `.npy` of V entries (bool or 0/1,
-shape (V,) or (V, 1)) marks the rows that hold a pretrained vector; the others keep their
-random initialisation.
+shape (V,) or (V, 1)) marks the rows to take; the others keep their random initialisation.
+
+`freeze=True` is the release's `embed_mask`: the rows taken get zero gradient, so the
+pretrained vectors stay fixed while the other rows train (every row of `path` when there is
+no mask). `from_config` gives the vectors and those rows for both uses.
 """
 import os
 
@@ -59,3 +62,15 @@ def load_word_vectors(path: str | os.PathLike, vocab_size: int,
       raise ValueError(f"{mask_path}: word-vector mask must hold only 0/1 or booleans")
     mask = mask != 0
   return vectors, mask
+
+
+def from_config(section, vocab_size: int) -> tuple[np.ndarray, np.ndarray] | None:
+  """(vectors float32 (V, d), rows bool (V,)) of `config.word_vectors`, or None without a path.
+
+  `rows` marks the rows taken from the vectors: the mask's, or every row without one. They
+  are the rows `freeze=True` keeps fixed.
+  """
+  if not section.path:
+    return None
+  vectors, mask = load_word_vectors(section.path, vocab_size, section.mask or None)
+  return vectors, np.ones(vocab_size, bool) if mask is None else mask

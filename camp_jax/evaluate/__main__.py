@@ -11,6 +11,7 @@ import json
 from absl import flags
 
 from camp_jax import cli
+from camp_jax.data import precomp
 from camp_jax.evaluate import evaluator, metrics
 
 cli.define("data_dir", "split", "json")
@@ -27,7 +28,6 @@ def main(argv) -> int:
     raise ValueError("usage: python -m camp_jax.evaluate --ensemble A.npy [B.npy ...]")
   scores, result = evaluator.ensemble(files, FLAGS.captions_per_image, FLAGS.folds)
   if FLAGS.data_dir:
-    from camp_jax.data import precomp  # pylint: disable=g-import-not-at-top
     split = precomp.read_split(FLAGS.data_dir, FLAGS.split or "test", check_finite=False)
     if scores.shape != (split.num_images, split.num_captions):
       raise ValueError(f"the score matrices are {scores.shape}, but {FLAGS.data_dir}/"

@@ -1,20 +1,28 @@
 """Evaluating params, a run or a bundle on a split; saved score matrices and their ensembles.
 
-Every process of a multi-process run calls these alike: each encodes the split on its own
-devices, the score matrix is split over every device of every process (each process scores
-its share of the pairs), gathered once, and every process computes the same metrics.
-Process 0 writes the files.
+Every process of a multi-process run calls these alike. The split is encoded on the mesh
+with the params already there (a run's replicated train state): its embeddings stay on
+the devices, rows split over all of them; the score matrix is split over every device of
+every process (each process scores its share of the pairs), gathered once, and every
+process computes the same metrics. Process 0 writes the files.
 """
 import json
 import os
 import pathlib
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from camp_jax import distributed, sharding
+from camp_jax import (batching, bundle, checkpoints, data, distributed, files, models, scoring,
+                      sharding)
+from camp_jax.data import tokenizer
 from camp_jax.evaluate import metrics as metrics_lib
+
+IMAGE_BATCH = 128    # images per encoder call (split over the devices)
+CAPTION_BATCH = 512  # captions per encoder call
 
 
 def metrics_of(scores, captions_per_image: int = 5, folds: int = 0) -> dict:
@@ -34,19 +42,10 @@ def scalar_metrics(metrics: dict, prefix: str) -> dict:
   return out
 
 
-def write_json(path: str | os.PathLike, payload: dict) -> pathlib.Path:
-  """Writes JSON atomically (a temporary file renamed into place)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-  os.replace(tmp, path)
-  return path
-
-
 def write_metrics(folder: str | os.PathLike, split: str, metrics: dict) -> pathlib.Path:
-  """Writes <folder>/eval/<split>.json."""
-  return write_json(pathlib.Path(folder) / "eval" / f"{split}.json", metrics)
+  """Writes <folder>/eval/<split>.json, atomically."""
+  return files.write_text(pathlib.Path(folder) / "eval" / f"{split}.json",
+                          json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def read_metrics(folder: str | os.PathLike, split: str) -> dict | None:
@@ -55,36 +54,78 @@ def read_metrics(folder: str | os.PathLike, split: str) -> dict | None:
   return json.loads(path.read_text()) if path.is_file() else None
 
 
+def beside_run(folder: str | os.PathLike, split: str, metrics: dict) -> str | None:
+  """A table of this run's `metrics` on `split` below the runs it started from, oldest
+  first: the run in `folder`, the one that run started from (its metrics' "init_from"),
+  and so on (CAMP's three stages). None where `folder` has no metrics for `split`."""
+  chain, seen = [], set()
+  while folder and str(folder) not in seen and (before := read_metrics(folder, split)):
+    seen.add(str(folder))
+    chain.append((folder, before))
+    folder = before.get("init_from")
+  if not chain:
+    return None
+  name = lambda m: m.get("variant") or m.get("model") or "model"
+  short = lambda f: os.path.relpath(f) if pathlib.Path(f).absolute().is_relative_to(
+      pathlib.Path.cwd()) else str(f)
+  rows = {f"{name(m)} ({short(f)})": m for f, m in reversed(chain)}
+  rows[f"{name(metrics)} (this run)"] = metrics
+  return metrics_lib.format_comparison(rows, f"{split}: this run below the runs it started from")
+
+
 def save_scores(path: str | os.PathLike, scores: np.ndarray) -> pathlib.Path:
   """Writes a score matrix as .npy (float32, images x captions), atomically."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.stem}.tmp.npy")
-  np.save(tmp, np.asarray(scores, np.float32))
-  os.replace(tmp, path)
-  return path
+  with files.atomic_path(path) as tmp:
+    np.save(tmp, np.asarray(scores, np.float32))
+  return pathlib.Path(path)
 
 
-def split_scores(predictor, split, vocab, *, mesh=None, pooling: str = "auto") -> np.ndarray:
-  """The (images, captions) score matrix of a split by `predictor` (an `inference.Predictor`)."""
-  from camp_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
+def encode_split(model, params, split, vocab, mesh: jax.sharding.Mesh) -> tuple:
+  """(img_emb (N', R, d), cap_emb (M', L, d), cap_mask (M', L)): a split's embeddings as
+  global arrays, rows split over every device of `mesh` and padded to a multiple of the
+  devices (the first N = split.num_images and M = len(split.captions) rows are real).
+
+  `params` are used where they lie: replicated over `mesh` (a run's train state), or put
+  there. L is the longest caption, or the model's `pad_words_to` slots if it has them.
+  """
+  params = sharding.put_global(params, sharding.replicated(mesh))
   tokens, lengths = tokenizer.encode_all(split.captions, vocab)
-  img_emb, cap_emb, cap_mask = predictor.encode_split(split.images, tokens, lengths)
-  return predictor.score_matrix(img_emb, cap_emb, cap_mask, mesh=mesh, pooling=pooling)
+  tokens = tokens[:, :int(lengths.max())]  # encode_captions pads to pad_words_to itself
+  images = _encode(model, params, "encode_images", (split.images,), mesh, IMAGE_BATCH)
+  return (images, *_encode(model, params, "encode_captions", (tokens, lengths), mesh,
+                           CAPTION_BATCH))
+
+
+def _encode(model, params, method: str, arrays: tuple, mesh, most: int):
+  """`method` over the rows of `arrays` (numpy every process holds, memmaps read a batch at
+  a time), in batches split over every device; the outputs stay there, in float32."""
+  flat = sharding.flat_sharding(mesh)
+  n = len(arrays[0])
+  size = -(-batching.batch_size_for(n, most) // mesh.size) * mesh.size
+  parts = []
+  for start in range(0, n, size):
+    batch = tuple(batching.pad_rows(np.asarray(a[start:start + size]), size) for a in arrays)
+    parts.append(scoring.apply(model, params, *sharding.put_global(batch, flat),
+                               method=method))
+  as_f32 = lambda x: x if x.dtype == jnp.bool_ else x.astype(jnp.float32)
+  concat = jax.jit(lambda *xs: as_f32(jnp.concatenate(xs)), out_shardings=flat)
+  return jax.tree.map(lambda *xs: concat(*xs), *parts)
 
 
 def evaluate_params(model_cfg: dict, params, split, vocab, *, folds: int = 0,
                     mesh=None, scores_path=None, pooling: str = "auto") -> dict:
   """Recalls of `params` on a split (a `PrecompSplit`); optionally saves the score matrix.
 
-  `pooling`: `scoring.score_matrix`'s ("auto": the Pallas pooling kernel on TPU).
+  Runs on `mesh` (default: every device of every process; a run passes its own, and its
+  replicated params are used in place). `pooling`: `scoring.score_matrix`'s ("auto": the
+  Pallas pooling kernel on TPU).
   """
-  from camp_jax import inference  # pylint: disable=g-import-not-at-top
   start = time.time()
-  # The encoders run on each process's own devices from its copy of the replicated params;
-  # the pairs are split over every device.
-  predictor = inference.Predictor(model_cfg, sharding.host_local(params))
-  scores = split_scores(predictor, split, vocab, mesh=mesh, pooling=pooling)
+  model, mesh = models.build(model_cfg), mesh or sharding.make_mesh()
+  params = sharding.put_global(params, sharding.replicated(mesh))
+  embeddings = encode_split(model, params, split, vocab, mesh)
+  scores = scoring.score_matrix(model, params, *embeddings, mesh=mesh, pooling=pooling,
+                                num_images=split.num_images, num_captions=len(split.captions))
   metrics = metrics_of(scores, split.captions_per_image, folds)
   metrics["seconds"] = time.time() - start
   logging.info("evaluated %s: %d x %d pairs in %.1f s", split.name, *scores.shape,
@@ -114,7 +155,6 @@ def ensemble(score_files, captions_per_image: int = 5, folds: int = 0) -> tuple[
 
 def _checked_vocab(config, bundle_vocab, source: str):
   """The vocabulary to tokenize with: the model's own; a config vocabulary must agree."""
-  from camp_jax import data  # pylint: disable=g-import-not-at-top
   config_vocab = data.load_vocab(config.data) if (config.data.vocab or bundle_vocab is None) \
       else None
   if bundle_vocab is None:
@@ -139,7 +179,6 @@ def evaluate_run(config, *, workdir=None, checkpoint="best", bundle_path=None,
   Returns:
     {split: metrics}.
   """
-  from camp_jax import bundle, checkpoints, data  # pylint: disable=g-import-not-at-top
   if bundle_path:
     model_cfg, params, vocab, _ = bundle.load(bundle_path)
     vocab = _checked_vocab(config, vocab, f"bundle {bundle_path}")
@@ -152,10 +191,8 @@ def evaluate_run(config, *, workdir=None, checkpoint="best", bundle_path=None,
     if not workdir:
       raise ValueError("--workdir (a training run) or --bundle is needed to evaluate")
     model_cfg, params, vocab_path = checkpoints.load_trained(workdir, checkpoint)
-    from camp_jax.data import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
-    recorded = vocab_lib.load_vocab(vocab_path) if vocab_path and os.path.isfile(vocab_path) \
-        else None
-    vocab = _checked_vocab(config, recorded, f"run {workdir} ({vocab_path})")
+    vocab = _checked_vocab(config, checkpoints.run_vocabulary(workdir, vocab_path),
+                           f"run {workdir} ({vocab_path})")
     out = pathlib.Path(workdir)
   if vocab is None:
     raise ValueError("no vocabulary: set config.data.vocab")

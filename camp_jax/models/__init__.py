@@ -9,14 +9,13 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from camp_jax.models.camp import CAMP, VARIANTS
+from camp_jax.models.camp import CAMP, GATES, HEADS, VARIANTS
 from camp_jax.models.vse import VSE
 
 MODELS = {"camp": CAMP, "vse": VSE}
+DTYPES = ("float32", "bfloat16")  # model.dtype: the compute dtype (parameters stay float32)
 # Run-config fields that only CAMP has.
-_CAMP_ONLY = ("variant", "pad_words_to", "pool_heads", "dropout_rate")
-# Run-config fields that only initialise parameters (not part of the architecture).
-_INIT_ONLY = ("word_vectors", "word_vectors_mask")
+_CAMP_ONLY = ("variant", "gate", "head", "pad_words_to", "pool_heads", "dropout_rate")
 
 
 def build(model_config) -> CAMP | VSE:
@@ -40,14 +39,20 @@ def build(model_config) -> CAMP | VSE:
 def model_config(config, vocab_size: int, img_dim: int) -> dict:
   """The JSON-able model config (what bundles store) from a run config and the data sizes."""
   cfg = dict(config.model.to_dict(), vocab_size=vocab_size, img_dim=img_dim)
-  for key in _INIT_ONLY:
-    cfg.pop(key, None)
   if cfg.get("pad_words_to", None) == 0:
     cfg["pad_words_to"] = None  # 0 on the command line means "no padding".
   if cfg.get("name") == "vse":
     for key in _CAMP_ONLY:
       cfg.pop(key, None)
   return cfg
+
+
+def init_params(model: CAMP | VSE, rng):
+  """Fresh parameters of a model `build` made: its shapes do not depend on the inputs'
+  sizes, so one image of 2 regions and one caption of 3 words initialise it."""
+  images = jnp.zeros((1, 2, model.img_dim), jnp.float32)
+  tokens, lengths = jnp.ones((1, 3), jnp.int32), jnp.full((1,), 3, jnp.int32)
+  return model.init(rng, images, tokens, lengths)["params"]
 
 
 def with_word_vectors(params, vectors: np.ndarray, mask: np.ndarray | None = None):
@@ -66,4 +71,5 @@ def with_word_vectors(params, vectors: np.ndarray, mask: np.ndarray | None = Non
   return {**params, "txt_enc": encoder}
 
 
-__all__ = ["CAMP", "VSE", "VARIANTS", "build", "model_config", "with_word_vectors"]
+__all__ = ["CAMP", "GATES", "HEADS", "VSE", "VARIANTS", "build", "init_params", "model_config",
+           "with_word_vectors"]

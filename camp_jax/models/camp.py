@@ -5,6 +5,12 @@ model (`variant="cross_attention"`, `cross_attention_new`: mean pooling + cosine
 module with an option. Parameter names follow the release (`img_query_fc`, `fc_1`,
 `final_reduce_1`, `fc_out`, ...), so freezing patterns and the converter read naturally.
 
+Two ablation switches of the full model (defaults: the release): `gate="open"` holds the
+fusion gates at 1 (fusion without adaptive gating); `head="cosine"` scores a pair by the
+cosine of its pooled fused vectors instead of the `fc_out` MLP (whose parameters are still
+created, so checkpoints, `init_from` and the stage-2 `trainable` patterns do not change, but
+never read).
+
 `score_matrix` is the straightforward transcription: it expands every image x caption pair,
 as the original does. `fast_score_matrix` computes the same scores by the hoisted exact path
 of `camp_fast`, in three steps that the scoring driver tiles and shards: `image_features`,
@@ -24,6 +30,8 @@ from camp_jax.models.layers import (attend, attention_weights, l2_normalize, poo
                                     pooled_image, symmetric_uniform, torch_default_init)
 
 VARIANTS = ("gate_fusion", "cross_attention")
+GATES = ("adaptive", "open")      # model.gate: sigmoid(<x, m>) per row | held at 1
+HEADS = ("mlp", "cosine")         # model.head: fc_out on (v, t) | cos(v, t) in [-1, 1]
 PROJECTIONS = ("img_query_fc", "img_key_fc", "txt_query_fc", "txt_key_fc",
                "weighted_img_query_fc", "weighted_img_key_fc",
                "weighted_txt_query_fc", "weighted_txt_key_fc")
@@ -72,10 +80,17 @@ class ScoreHead(nn.Module):
     return jax.nn.sigmoid(dense(1, name="out")(hidden))[..., 0]
 
 
-def gated_fusion(fc: nn.Module, features: jax.Array, messages: jax.Array) -> jax.Array:
-  """relu(fc(concat(x, m) * g)) + x with the scalar gate g = sigmoid(<x, m>) per row."""
-  gate = jax.nn.sigmoid(jnp.sum(features * messages, axis=-1, keepdims=True))
-  return nn.relu(fc(jnp.concatenate([features, messages], axis=-1) * gate)) + features
+def fusion_gate(features: jax.Array, messages: jax.Array, gate: str = "adaptive") -> jax.Array:
+  """The scalar gate of each row, sigmoid(<x, m>) or 1 (gate="open"): (..., n, d) -> (..., n)."""
+  if gate == "open":
+    return jnp.ones(features.shape[:-1], features.dtype)
+  return jax.nn.sigmoid(jnp.sum(features * messages, axis=-1))
+
+
+def gated_fusion(fc: nn.Module, features: jax.Array, messages: jax.Array,
+                 gate: jax.Array) -> jax.Array:
+  """relu(fc(concat(x, m) * g)) + x with the scalar gate g (..., n) of each row."""
+  return nn.relu(fc(jnp.concatenate([features, messages], axis=-1) * gate[..., None])) + features
 
 
 class CrossModalFusion(nn.Module):
@@ -86,6 +101,8 @@ class CrossModalFusion(nn.Module):
   """
   embed_dim: int
   variant: str = "gate_fusion"
+  gate: str = "adaptive"
+  head: str = "mlp"
   pool_heads: int = 4
   # Stage-1 only: average the word side over every slot, padding included (the original
   # pads to 50 slots and averages them all); otherwise over the real words.
@@ -95,7 +112,13 @@ class CrossModalFusion(nn.Module):
 
   def setup(self):
     if self.variant not in VARIANTS:
-      raise ValueError(f"CrossModalFusion.variant is {self.variant!r}, expected one of {VARIANTS}")
+      raise ValueError(f"model.variant is {self.variant!r}, expected one of {VARIANTS}")
+    for field, value, allowed in (("gate", self.gate, GATES), ("head", self.head, HEADS)):
+      if value not in allowed:
+        raise ValueError(f"model.{field} is {value!r}, expected one of {allowed}")
+      if value != allowed[0] and self.variant != "gate_fusion":
+        raise ValueError(f"model.{field}={value!r} applies to the full model only "
+                         f"(model.variant='gate_fusion'), not to {self.variant!r}")
     d = self.embed_dim
     xavier = symmetric_uniform(math.sqrt(6.0 / (d + d)))
     for name in PROJECTIONS:
@@ -139,13 +162,16 @@ class CrossModalFusion(nn.Module):
       out["score"] = jnp.sum(v * l2_normalize(t), axis=-1)
       return out
     fv, ft = l2_normalize(fv), l2_normalize(ft)
-    out["region_gate"] = jax.nn.sigmoid(jnp.sum(regions * fv, axis=-1))
-    out["word_gate"] = jax.nn.sigmoid(jnp.sum(words * ft, axis=-1))
-    v, out["region_pooling"] = self.final_reduce_1(gated_fusion(self.fc_1, regions, fv),
-                                                   return_weights=True)
-    t, out["word_pooling"] = self.final_reduce_2(gated_fusion(self.fc_2, words, ft), word_mask,
-                                                 return_weights=True)
-    out["score"] = self.fc_out(v, t, deterministic)
+    out["region_gate"] = fusion_gate(regions, fv, self.gate)
+    out["word_gate"] = fusion_gate(words, ft, self.gate)
+    v, out["region_pooling"] = self.final_reduce_1(
+        gated_fusion(self.fc_1, regions, fv, out["region_gate"]), return_weights=True)
+    t, out["word_pooling"] = self.final_reduce_2(
+        gated_fusion(self.fc_2, words, ft, out["word_gate"]), word_mask, return_weights=True)
+    if self.head == "mlp" or self.is_initializing():  # (cosine: fc_out created, never read)
+      out["score"] = self.fc_out(v, t, deterministic)
+    if self.head == "cosine":
+      out["score"] = jnp.sum(v * t, axis=-1)
     return out
 
 
@@ -171,6 +197,8 @@ class CAMP(nn.Module):
   embed_dim: int = 1024
   img_dim: int = 2048
   variant: str = "gate_fusion"
+  gate: str = "adaptive"            # full model: one of GATES (the module docstring)
+  head: str = "mlp"                 # full model: one of HEADS
   # The original pads every caption to 50 word slots; only the stage-1 variant's scores
   # depend on it (see CrossModalFusion.mean_over_padding). None: no padding.
   pad_words_to: int | None = None
@@ -179,11 +207,17 @@ class CAMP(nn.Module):
   # Compute dtype of the matrix products (bfloat16 or float32); parameters stay float32.
   dtype: Any = jnp.float32
 
+  @property
+  def has_gates(self) -> bool:
+    """Whether the fusion has gates: `explain_pair` and `pair_scores(with_gates=True)` give
+    "region_gate" and "word_gate" (the full model; the training statistics read them)."""
+    return self.variant == "gate_fusion"
+
   def setup(self):
     self.img_enc = ImageEncoder(self.embed_dim, dtype=self.dtype)
     self.txt_enc = CaptionEncoder(self.vocab_size, self.word_dim, self.embed_dim)
     self.fusion = CrossModalFusion(
-        self.embed_dim, self.variant, self.pool_heads,
+        self.embed_dim, self.variant, self.gate, self.head, self.pool_heads,
         mean_over_padding=self.variant == "cross_attention" and self.pad_words_to is not None,
         dropout_rate=self.dropout_rate, dtype=self.dtype)
 
@@ -225,7 +259,8 @@ class CAMP(nn.Module):
     """
     pad = self.pad_words_to if self.variant == "cross_attention" else None
     return camp_fast.pair_scores(self._fast_weights(), img_features, cap_features,
-                                 self.variant, pad, self.dtype, with_gates, pooling)
+                                 self.variant, pad, self.dtype, with_gates, pooling,
+                                 gate=self.gate, head=self.head)
 
   def fast_score_matrix(self, img_emb, cap_emb, cap_mask):
     """`score_matrix` by the hoisted exact path, deterministic: (Ni, Nc) float32."""

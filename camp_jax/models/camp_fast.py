@@ -2,7 +2,7 @@ r"""CAMP's hoisted exact path: the reference's scores with the pair-independent 
 
   image_features(fp, img_emb, variant, dtype) -> per-image quantities (Ni, ...)
   caption_features(fp, cap_emb, cap_mask, variant, dtype) -> per-caption quantities (Nc, ...)
-  pair_scores(fp, img, cap, variant, pad_words_to, dtype) -> (Ni, Nc) scores
+  pair_scores(fp, img, cap, variant, pad_words_to, dtype, gate=, head=) -> (Ni, Nc) scores
 
 `fp` is the params dict of `CrossModalFusion`; `CAMP` exposes these as methods
 (`model.apply(variables, ..., method="image_features")`), so nothing outside `models/`
@@ -147,17 +147,35 @@ def _fused_pooled(fp, img, cap, e, f, inv_v, gate_v, inv_t, gate_t, dtype):
   return v, t
 
 
+def _head_scores(fc_out: dict, v, t, head: str, dtype):
+  """The score of each pair from its unit pooled vectors (i, c, d): fc_out's MLP, or cosine."""
+  if head == "cosine":
+    return jnp.sum(v * t, axis=-1)
+  if head != "mlp":
+    raise ValueError(f"pair_scores(head={head!r}): expected 'mlp' or 'cosine'")
+  # One product with the whole kernel: no slices.
+  hidden = jax.nn.relu(_dot("icd,de->ice", jnp.concatenate([v, t], -1),
+                            fc_out["hidden"]["kernel"], dtype) + fc_out["hidden"]["bias"])
+  return jax.nn.sigmoid(_dot("ice,eo->ico", hidden, fc_out["out"]["kernel"], dtype)[..., 0]
+                        + fc_out["out"]["bias"][0])
+
+
 def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int | None = None,
-                dtype=F32, with_gates: bool = False, pooling: str = "xla"):
+                dtype=F32, with_gates: bool = False, pooling: str = "xla", *,
+                gate: str = "adaptive", head: str = "mlp"):
   """Scores of every image x caption from `image_features` and `caption_features`: (Ni, Nc).
 
   With `with_gates` (full model only), also its gates, a free by-product: (scores,
   {"region_gate": (Ni, Nc, R), "word_gate": (Ni, Nc, L)}). `pooling` (full model): "xla",
   or the `pooling_kernel` ("pallas" on TPU, "interpret" anywhere; not differentiable).
+  `gate` / `head` (full model): `camp.GATES` / `camp.HEADS` ("open": gates of 1;
+  "cosine": the cosine of the pooled vectors, fc_out unread); both kernels serve all four.
   """
   if pooling not in ("xla", "pallas", "interpret"):
     raise ValueError(f"pair_scores(pooling={pooling!r}): expected 'xla', 'pallas' or "
                      "'interpret' (scoring.pooling_for resolves 'auto')")
+  if gate not in ("adaptive", "open"):
+    raise ValueError(f"pair_scores(gate={gate!r}): expected 'adaptive' or 'open'")
   r, n_words = img["gram"].shape[-1], cap["t"].shape[1]
   mask = cap["mask"][None, :, None, :]                                         # (1, c, 1, L)
   # (i, c, kR, L); contracting in the stack's own layout spares a transposed copy of it.
@@ -199,6 +217,8 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
   # Words: |Ft_l|^2 = (F H_v F^T)_ll, <T_l, Ft_l> = sum_r F_lr M_rl.
   inv_t = _inv_norm(jnp.sum(jnp.einsum("iclr,irs->icls", f, img["sqnorm"]) * f, -1))
   gate_t = jax.nn.sigmoid(jnp.einsum("iclr,icrl->icl", f, gate_dot) * inv_t)  # (i, c, L)
+  if gate == "open":  # Fusion without adaptive gating (the gate products go unused).
+    gate_v, gate_t = jnp.ones_like(gate_v), jnp.ones_like(gate_t)
   if pooling == "xla":
     v, t = _fused_pooled(fp, img, cap, e, f, inv_v, gate_v, inv_t, gate_t, dtype)
   else:  # The same chain in one Pallas kernel per side, the fused rows kept on chip.
@@ -213,9 +233,5 @@ def pair_scores(fp: dict, img: dict, cap: dict, variant: str, pad_words_to: int 
                             fp["final_reduce_2"]), 0, 1)
   v = v * _inv_norm(jnp.sum(v * v, -1, keepdims=True))
   t = t * _inv_norm(jnp.sum(t * t, -1, keepdims=True))
-  head = fp["fc_out"]                        # One product with the whole kernel: no slices.
-  hidden = jax.nn.relu(_dot("icd,de->ice", jnp.concatenate([v, t], -1),
-                            head["hidden"]["kernel"], dtype) + head["hidden"]["bias"])
-  scores = jax.nn.sigmoid(_dot("ice,eo->ico", hidden, head["out"]["kernel"], dtype)[..., 0]
-                          + head["out"]["bias"][0])
+  scores = _head_scores(fp.get("fc_out"), v, t, head, dtype)
   return (scores, {"region_gate": gate_v, "word_gate": gate_t}) if with_gates else scores

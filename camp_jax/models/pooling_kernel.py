@@ -11,7 +11,9 @@ or words of a caption) and k rows on the other side:
 where M (n, k) is the pair's second-attention map (E or F of `camp_fast`), s and g the
 rows' inverse norms and gates, A_o, P_o, V_o the own item's fc-projection, pooling bias and
 rows, O_j the other item's fc-projection. This is `camp_fast.pair_scores`'s chain, rewritten
-with relu(g z) = g relu(z) (the gate is a sigmoid, g >= 0).
+with relu(g z) = g relu(z) (the gate is a sigmoid, or 1 with `gate="open"`: g >= 0). Every
+ablation variant of the full model runs here: open gates are a gate column of ones, and the
+score head (MLP or cosine) reads the pooled vectors outside the kernel.
 
 Why a kernel: XLA writes every pair's (n, d) rows to HBM and reads them back between the
 matmul and the pooling; here they stay in VMEM, and HBM sees only M, the per-item rows and

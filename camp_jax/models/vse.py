@@ -12,6 +12,7 @@ class VSE(nn.Module):
   """Joint embedding with CAMP's encoders and method names; its score is the pooled cosine."""
   # Two towers: a score needs no pair-wise computation (see CAMP.PAIRWISE).
   PAIRWISE: ClassVar[bool] = False
+  has_gates: ClassVar[bool] = False  # no fusion gates (see CAMP.has_gates)
   vocab_size: int
   word_dim: int = 300
   embed_dim: int = 1024

@@ -17,13 +17,16 @@ class SyntheticConfig(tfds.core.BuilderConfig):
 
 
 class CampSynthetic(tfds.core.GeneratorBasedBuilder):
-  """Scenes of coloured objects with templated captions; see `synthetic`."""
+  """Scenes of coloured objects with templated captions, clutter and filler; see `synthetic`.
+  The relevance files stay in the generated folder (download_dir/camp_synthetic/CONFIG)."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"2.0.0": "Clutter regions and filler words (synthetic data version 2).",
+                   "1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       SyntheticConfig(name="default"),
       SyntheticConfig(name="tiny", sizes=dict(num_train=64, num_dev=16, num_test=16,
-                                              num_regions=4, feature_dim=8)),
+                                              num_regions=4, feature_dim=8, clutter_regions=1)),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

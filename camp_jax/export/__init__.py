@@ -25,15 +25,12 @@ import functools
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camp_jax import bundle, cli, models, scoring
+from camp_jax import bundle, checkpoints, files, models, scoring
 
 ARTIFACT_VERSION = 1
 STABLEHLO_DIR = "stablehlo"
@@ -225,38 +222,27 @@ def write_stablehlo(bundle_dir: str | os.PathLike, model_config: dict, params) -
   return out
 
 
-def _write_atomically(out: pathlib.Path, params, model_config, vocab, extra, stablehlo: bool,
-                      overwrite: bool) -> pathlib.Path:
-  """bundle.save into a temporary folder, artifacts beside it, then one rename into place."""
-  if out.exists() and not overwrite:
-    raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-  try:
-    staged = bundle.save(tmp / "bundle", params, model_config, vocab, extra=extra)
+def _write_bundle(out: pathlib.Path, params, model_config, vocab, extra, stablehlo: bool,
+                  overwrite: bool) -> pathlib.Path:
+  """The bundle, with its StableHLO artifacts if asked, written whole at `out` or not at all."""
+  bundle.require_local("bundle folder", out)
+  with files.atomic_path(out, overwrite) as tmp:
+    bundle.write(tmp, params, model_config, vocab, extra)
     if stablehlo:
-      write_stablehlo(staged, model_config, params)
-    if out.exists():
-      shutil.rmtree(out)
-    os.replace(staged, out)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+      write_stablehlo(tmp, model_config, params)
   return out
 
 
 def export_run(workdir: str | os.PathLike, out: str | os.PathLike, checkpoint="best",
                stablehlo: bool = False, overwrite: bool = False) -> pathlib.Path:
-  """Writes the bundle of a training run's checkpoint ("best", "latest" or a step)."""
-  from camp_jax import checkpoints  # pylint: disable=g-import-not-at-top  (pulls in orbax)
+  """Writes the bundle of a training run's checkpoint ("best", "latest" or a step), with the
+  vocabulary the run trained with (`checkpoints.run_vocabulary`)."""
   model_config, params, vocab_path = checkpoints.load_trained(workdir, checkpoint)
+  vocab = checkpoints.run_vocabulary(workdir, vocab_path)
   params = jax.tree.map(np.asarray, params)
-  vocab = None
-  if vocab_path:
-    from camp_jax.data.vocab import load_vocab  # pylint: disable=g-import-not-at-top
-    vocab = load_vocab(vocab_path)
   extra = {"source": str(pathlib.Path(workdir).absolute()), "checkpoint": str(checkpoint)}
-  return _write_atomically(pathlib.Path(out), params, model_config, vocab, extra, stablehlo,
-                           overwrite)
+  return _write_bundle(pathlib.Path(out), params, model_config, vocab, extra, stablehlo,
+                       overwrite)
 
 
 def export_bundle(bundle_in: str | os.PathLike, out: str | os.PathLike | None = None,
@@ -265,41 +251,9 @@ def export_bundle(bundle_in: str | os.PathLike, out: str | os.PathLike | None = 
   model_config, params, vocab, meta = bundle.load(bundle_in)
   if out is None or pathlib.Path(out).absolute() == pathlib.Path(bundle_in).absolute():
     if stablehlo:
-      target = pathlib.Path(bundle_in) / STABLEHLO_DIR
-      tmp = pathlib.Path(tempfile.mkdtemp(prefix=".stablehlo.", dir=bundle_in))
-      try:
-        staged = write_stablehlo(tmp, model_config, params)
-        if target.exists():
-          shutil.rmtree(target)
-        os.replace(staged, target)
-      finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+      with files.atomic_path(pathlib.Path(bundle_in) / STABLEHLO_DIR) as tmp:
+        write_stablehlo(tmp.parent, model_config, params)  # into tmp
     return pathlib.Path(bundle_in)
   extra = {k: v for k, v in meta.items() if k not in ("format_version", "model")}
-  return _write_atomically(pathlib.Path(out), params, model_config, vocab, extra, stablehlo,
-                           overwrite)
-
-
-cli.define("workdir", "bundle", "out", "checkpoint", "overwrite", "stablehlo")
-FLAGS = flags.FLAGS
-
-
-def main(argv) -> int:
-  del argv
-  if bool(FLAGS.workdir) == bool(FLAGS.bundle):
-    raise ValueError("give one of --workdir=RUN (a training run) or --bundle=IN")
-  for name in ("workdir", "bundle", "out"):
-    bundle.require_local(f"--{name}", getattr(FLAGS, name))
-  if FLAGS.workdir:
-    if not FLAGS.out:
-      raise ValueError("--out=BUNDLE is required with --workdir")
-    out = export_run(FLAGS.workdir, FLAGS.out, cli.checkpoint_arg(FLAGS.checkpoint),
-                     FLAGS.stablehlo, FLAGS.overwrite)
-  else:
-    out = export_bundle(FLAGS.bundle, FLAGS.out, FLAGS.stablehlo, FLAGS.overwrite)
-  print(f"wrote {out}" + (f" with {out / STABLEHLO_DIR}" if FLAGS.stablehlo else ""))
-  return 0
-
-
-if __name__ == "__main__":
-  cli.run(main)
+  return _write_bundle(pathlib.Path(out), params, model_config, vocab, extra, stablehlo,
+                       overwrite)

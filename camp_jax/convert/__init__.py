@@ -18,11 +18,11 @@ import collections
 import pathlib
 import re
 
-from absl import flags
 import jax
 import numpy as np
 
-from camp_jax import bundle, cli, models
+from camp_jax import bundle, models
+from camp_jax.data import vocab as vocab_lib
 from camp_jax.models.camp import PROJECTIONS
 
 STATE_PARTS = ("img_enc", "txt_enc", "sim")
@@ -229,30 +229,9 @@ def convert(checkpoint: str | pathlib.Path, out: str | pathlib.Path, vocab_path=
   config, params = convert_state(state, checkpoint)
   vocab = None
   if vocab_path is not None:
-    from camp_jax.data.vocab import load_vocab  # pylint: disable=g-import-not-at-top
-    vocab = load_vocab(vocab_path)
+    vocab = vocab_lib.load_vocab(vocab_path)
     if len(vocab) != config["vocab_size"]:
       raise ConversionError(f"{vocab_path}: vocabulary has {len(vocab)} words but the "
                             f"checkpoint's embedding has {config['vocab_size']} rows")
   return bundle.save(out, params, config, vocab, overwrite=overwrite,
                      extra={"source": str(pathlib.Path(checkpoint).name), **meta})
-
-
-cli.define("out", "overwrite")
-flags.DEFINE_string("from_torch", None, "The release's .pth.tar, or an .npz of the same arrays.")
-flags.DEFINE_string("vocab", None, "Vocabulary (.pkl or .json) to include in the bundle.")
-FLAGS = flags.FLAGS
-
-
-def main(argv) -> int:
-  del argv
-  if not FLAGS.from_torch or not FLAGS.out:
-    raise ValueError("--from_torch=CHECKPOINT and --out=BUNDLE are required")
-  out = convert(FLAGS.from_torch, FLAGS.out, FLAGS.vocab, FLAGS.overwrite)
-  config, _, _, _ = bundle.load(out)
-  print(f"wrote {out}: {config}")
-  return 0
-
-
-if __name__ == "__main__":
-  cli.run(main)

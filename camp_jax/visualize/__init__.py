@@ -11,15 +11,12 @@ The figure shows, with the caption's words as rows and the image's regions as co
   * the score in the title.
 """
 import os
-import pathlib
-import sys
 import textwrap
 
-from absl import flags
 import numpy as np
 
-from camp_jax import cli, inference
-from camp_jax.data import precomp, tokenizer
+from camp_jax import files, inference
+from camp_jax.data import tokenizer
 
 
 def caption_words(caption: str, vocab) -> tuple[np.ndarray, list[str]]:
@@ -184,51 +181,8 @@ def render(predictor, features: np.ndarray, caption: str, out: str | os.PathLike
   explanation = explain(predictor, features, caption)
   score = float(explanation["score"])
   fig = draw(explanation, caption, f"CAMP score {score:.4f}" + (f"  ·  {title}" if title else ""))
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out)
+  with files.atomic_path(out) as tmp:
+    fig.savefig(tmp)
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   plt.close(fig)
   return explanation
-
-
-cli.define("bundle", "data_dir", "split", "image", "out")
-flags.DEFINE_integer("caption", None, "Caption (line of {split}_caps.txt) to pair with --image.")
-flags.DEFINE_string("text", None, "A caption of your own instead of --caption.")
-FLAGS = flags.FLAGS
-
-
-def main(argv) -> int:
-  del argv
-  if not (FLAGS.bundle and FLAGS.data_dir and FLAGS.out) or FLAGS.image is None:
-    raise ValueError("--bundle, --data_dir, --image and --out are required")
-  if (FLAGS.caption is None) == (FLAGS.text is None):
-    raise ValueError("give one of --caption=INDEX or --text=SENTENCE")
-  split_name = FLAGS.split or "test"
-  predictor = inference.load(FLAGS.bundle)
-  precomp.check_feature_file(pathlib.Path(FLAGS.data_dir) / f"{split_name}_ims.npy",
-                             predictor.model_config["img_dim"])
-  split = precomp.read_split(FLAGS.data_dir, split_name, check_finite=False)
-  where = f"{FLAGS.data_dir}/{split_name}"
-  if not 0 <= FLAGS.image < split.num_images:
-    raise IndexError(f"--image={FLAGS.image} is outside [0, {split.num_images}) for {where}")
-  if FLAGS.text is not None:
-    caption, title = FLAGS.text, f"image {FLAGS.image}, your caption"
-  else:
-    if not 0 <= FLAGS.caption < split.num_captions:
-      raise IndexError(f"--caption={FLAGS.caption} is outside [0, {split.num_captions}) for "
-                       f"{where}")
-    caption = split.captions[FLAGS.caption]
-    owner = FLAGS.caption // split.captions_per_image
-    title = (f"image {FLAGS.image}, caption {FLAGS.caption} "
-             + ("(its own caption)" if owner == FLAGS.image else f"(a caption of image {owner})"))
-  explanation = render(predictor, split.images[FLAGS.image], caption, FLAGS.out, title)
-  unknown = tokenizer.unknown_words(caption, predictor.vocab)
-  if unknown:
-    print(f"warning: unknown words mapped to <unk>: {', '.join(unknown)}", file=sys.stderr)
-  print(f"wrote {FLAGS.out} (score {float(explanation['score']):.4f})")
-  return 0
-
-
-if __name__ == "__main__":
-  cli.run(main)
