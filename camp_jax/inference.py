@@ -35,7 +35,7 @@ class Predictor:
     self.params = jax.tree.map(jnp.asarray, self.params)
 
   def _jitted(self, method: str):
-    return functools.partial(_jitted(self.model, method), self.params)
+    return functools.partial(scoring.apply, self.model, self.params, method=method)
 
   def encode_images(self, features, batch_size: int = IMAGE_BATCH) -> np.ndarray:
     """(N, R, img_dim) -> (N, R, d); a memmap is read one batch at a time."""
@@ -100,11 +100,6 @@ class Predictor:
                        "explain (expected a CAMP bundle)")
     out = self._jitted("explain_pair")(img_emb, cap_emb, cap_mask)
     return {k: np.asarray(v) for k, v in out.items()}
-
-
-@functools.lru_cache(maxsize=None)
-def _jitted(model, method):
-  return jax.jit(lambda params, *args: model.apply({"params": params}, *args, method=method))
 
 
 def load(path: str | os.PathLike) -> Predictor:

@@ -26,7 +26,7 @@ def test_reads_split(tmp_path):
   np.testing.assert_array_equal(split.images, images)
   assert (split.num_images, split.num_captions, split.captions_per_image) == (4, 20, 5)
   assert (split.num_regions, split.feature_dim) == (3, 5)
-  assert split.captions[7] == "Image 1 caption 2." and split.caption_image(7) == 1
+  assert split.captions[7] == "Image 1 caption 2." and split.captions_per_image == 5
   assert split.name == "test" and split.path == str(tmp_path) and not split.per_caption_layout
 
 

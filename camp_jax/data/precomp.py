@@ -14,7 +14,6 @@ import zipfile
 
 import numpy as np
 
-SPLITS = ("train", "dev", "test", "testall")
 _FINITE_CHUNK_BYTES = 256 << 20
 
 
@@ -43,9 +42,6 @@ class PrecompSplit:
   @property
   def feature_dim(self) -> int:
     return self.images.shape[2]
-
-  def caption_image(self, caption_index: int) -> int:
-    return caption_index // self.captions_per_image
 
   def slice_images(self, start: int, stop: int) -> "PrecompSplit":
     """Images [start, stop) and their captions, e.g. COCO 1K folds or the first 1K of dev."""

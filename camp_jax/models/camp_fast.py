@@ -5,8 +5,8 @@ r"""CAMP's hoisted exact path: the reference's scores with the pair-independent 
   pair_scores(fp, img, cap, variant, pad_words_to, dtype, gate=, head=) -> (Ni, Nc) scores
 
 `fp` is the params dict of `CrossModalFusion`; `CAMP` exposes these as methods
-(`model.apply(variables, ..., method="image_features")`), so nothing outside `models/`
-reads parameter names. All three are pure jnp: jit them, differentiate them.
+(`model.apply(variables, ..., method="image_features")`), so scoring and training read no
+parameter names (only `convert`, which maps the release's, and configs' `trainable` patterns). All three are pure jnp: jit them, differentiate them.
 
 Why the fast path does less work (one pair: regions V (R, d), words T (L, d), s = sqrt(d),
 Dense kernels are (in, out)). Every linear map that does not depend on the pair is applied
