@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from camp_jax import (checkpoints, data, distributed, evaluate, memory, models, objective,
-                      optimizer, preemption, sharding, workdir_lock)
+from camp_jax import (checkpoints, data, distributed, evaluate, kernel_check, memory, models,
+                      objective, optimizer, preemption, sharding, workdir_lock)
 from camp_jax.data import pipeline
 
 
@@ -194,6 +194,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate(config, workdir: pathlib.Path, lock) -> dict:
   from clu import metric_writers  # pylint: disable=g-import-not-at-top
   run = setup(config)
+  pooling, pooling_check = kernel_check.resolve_pooling(config, run.model, run.state.params,
+                                                        run.mesh)
+  if pooling != config.pooling_kernel:  # The kernel failed its check: the step uses XLA's.
+    config = config.copy_and_resolve_references()
+    config.pooling_kernel = pooling
+    run = dataclasses.replace(run, config=config)
   vocab, model_cfg, mesh, state = run.vocab, run.model_cfg, run.mesh, run.state
   dev_split, steps_per_epoch = _dev_split(config), run.steps_per_epoch
   num_steps = config.num_epochs * steps_per_epoch
@@ -207,6 +213,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, lock) -> dict:
   if restored:
     state, extra, step = restored
     logging.info("resumed from %s/%d", latest.directory, step)
+  extra["pooling_check"] = pooling_check  # What the pooling kernel's check found, if it ran.
   # Each process reads only the rows of every global batch that its devices hold.
   rows = sharding.host_rows(sharding.batch_sharding(mesh), config.batch_size)
   batches = pipeline.train_batches(run.split, vocab, global_batch_size=config.batch_size,

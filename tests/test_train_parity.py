@@ -96,6 +96,14 @@ def trajectory(request, torch_fixture_dir):
   stage, fast_scoring = request.param
   reference = load_reference(torch_fixture_dir, stage)
   losses, final = run_stage(reference, stage, fast_scoring)
+  worst_loss = np.max(np.abs(np.asarray(losses) - reference["output/losses"])
+                      / np.abs(reference["output/losses"]))
+  worst_param = max(np.max(np.abs(final[k.removeprefix("output/final/")] - v))
+                    for k, v in reference.items() if k.startswith("output/final/"))
+  # Shown with `pytest -s`: the figures the README quotes.
+  print(f"\nstage {stage}, {'fast' if fast_scoring else 'reference'} path: 20 steps, largest "
+        f"loss difference {worst_loss:.1e} (relative), largest parameter difference "
+        f"{worst_param:.1e}")
   return reference, losses, final
 
 

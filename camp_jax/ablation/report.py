@@ -11,6 +11,7 @@ import pathlib
 
 import numpy as np
 
+from camp_jax import files
 from camp_jax.ablation.plan import Variant, final_run
 
 METRICS = ("i2t_r1", "t2i_r1", "rsum")
@@ -135,9 +136,9 @@ def write_reports(workdir, results: dict, meta: dict) -> list[pathlib.Path]:
   if not results:
     raise ValueError(f"{workdir}: no finished run to report")
   paths = [workdir / "ablation.json", workdir / "ablation.md", workdir / "ablation.png"]
-  paths[0].write_text(json.dumps({**meta, "variants": results}, indent=2, sort_keys=True)
-                      + "\n")
-  paths[1].write_text(markdown(results, meta))
+  files.write_text(paths[0], json.dumps({**meta, "variants": results}, indent=2,
+                                        sort_keys=True) + "\n")
+  files.write_text(paths[1], markdown(results, meta))
   plot(results, paths[2], f"{meta['config']} ({meta['split']}): mean ± std over "
        f"{len(meta['seeds'])} seed(s)")
   return paths

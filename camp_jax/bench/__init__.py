@@ -4,6 +4,7 @@
   train_step  the real jitted train step of a config
   export      the exported score_matrix artifact against the inference API, in one run
   pipeline    the training input pipeline, in image-caption pairs per second
+  device      the first minutes on a machine: versions, kernel check, parity, step, scoring
 """
 import resource
 

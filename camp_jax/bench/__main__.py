@@ -7,6 +7,9 @@ r"""Benchmarks: python -m camp_jax.bench COMMAND [flags].
   python -m camp_jax.bench export --embed_dim=256 --images=20 --captions=400 [--bundle=B] [--json]
   python -m camp_jax.bench pipeline --regions=36 --feature_dim=2048 --images=2000 --batch_size=128 \
       [--steps=200] [--feeds=tf,grain] [--workers=N] [--json]
+  python -m camp_jax.bench device [--json]       # the first minutes on any machine
+  python -m camp_jax.bench device --small [--pooling=interpret] [--images=N --captions=M \
+      --embed_dim=D --batch_size=B --dtype=bfloat16 --config=...] [--json]
 
 Figures are measured, never projected, unless a line says PROJECTION.
 """
@@ -14,32 +17,37 @@ import json
 
 from absl import flags
 
-from camp_jax import cli
-from camp_jax.bench import export, pipeline, scoring as scoring_bench, train_step
+from camp_jax import cli, config_check, scoring
+from camp_jax.bench import (device, export, pipeline, scoring as scoring_bench,
+                            train_step)
 
 cli.define("config", "json", "bundle")
 flags.DEFINE_enum("preset", None, sorted(scoring_bench.PRESETS), "scoring: sizes of a preset.")
-flags.DEFINE_integer("images", 20, "scoring/export/pipeline: images.")
-flags.DEFINE_integer("captions", 500, "scoring/export: captions.")
-flags.DEFINE_integer("embed_dim", 1024, "scoring/export: d (export: without --bundle).")
+flags.DEFINE_integer("images", 20, "scoring/export/pipeline/device: images.")
+flags.DEFINE_integer("captions", 500, "scoring/export/device: captions.")
+flags.DEFINE_integer("embed_dim", 1024, "scoring/export/device: d (export: without --bundle).")
 flags.DEFINE_integer("img_dim", 2048, "scoring/export: region feature size.")
 flags.DEFINE_integer("regions", 36, "scoring/export/pipeline: regions per image.")
 flags.DEFINE_enum("variant", "gate_fusion", ["gate_fusion", "cross_attention"], "scoring: model.")
 flags.DEFINE_integer("pad_words_to", None, "scoring: stage-1 slots (default 50).")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "scoring: compute dtype.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "scoring/device: compute dtype.")
 flags.DEFINE_integer("max_tile_mb", None, "scoring: tile working set (default: the driver's).")
 flags.DEFINE_integer("reference_captions", None,
                      "scoring: time the reference on this many captions only.")
 flags.DEFINE_bool("fast_only", False, "scoring: skip the reference path.")
 flags.DEFINE_integer("slice_images", None,
                      "scoring: score this many images (all captions), project the full time.")
-flags.DEFINE_integer("repeats", 3, "scoring/export/pipeline: timed runs of each side, "
+flags.DEFINE_integer("repeats", 3, "scoring/export/pipeline/device: timed runs of each side, "
                      "interleaved, best kept.")
-flags.DEFINE_integer("steps", 5, "train_step/pipeline: timed steps after the first.")
+flags.DEFINE_integer("steps", 5, "train_step/pipeline/device: timed steps after the first.")
 flags.DEFINE_integer("feature_dim", 2048, "pipeline: feature size.")
-flags.DEFINE_integer("batch_size", 128, "pipeline: global batch.")
+flags.DEFINE_integer("batch_size", 128, "pipeline/device: global batch.")
 flags.DEFINE_list("feeds", ["tf"], "pipeline: feeds to time: tf (train_batches), grain.")
 flags.DEFINE_integer("workers", None, "pipeline: grain's threads (default min(4, CPUs)).")
+flags.DEFINE_bool("small", False, f"device: CPU sizes ({device.SMALL['config']}, "
+                  f"{device.SMALL['images']} x {device.SMALL['captions']} pairs).")
+flags.DEFINE_enum("pooling", None, scoring.POOLING,
+                  "device: the pooling kernel to check and use (default: the config's).")
 FLAGS = flags.FLAGS
 
 
@@ -77,8 +85,21 @@ def _pipeline():
   return result, pipeline.describe(result)
 
 
+def _device():
+  """Flags left out take the command's own defaults (`device.SIZES`, or `device.SMALL`)."""
+  sizes = device.SMALL if FLAGS.small else device.SIZES
+  given = lambda name, default=None: FLAGS[name].value if FLAGS[name].present else default
+  result = device.run(FLAGS.config or config_check.check_file(sizes["config"]),
+                      images=given("images", sizes["images"]),
+                      captions=given("captions", sizes["captions"]),
+                      embed_dim=given("embed_dim"), batch_size=given("batch_size"),
+                      dtype=given("dtype"), pooling=FLAGS.pooling, steps=FLAGS.steps,
+                      repeats=given("repeats", 1))
+  return result, device.describe(result)
+
+
 COMMANDS = {"scoring": _scoring, "train_step": _train_step, "export": _export,
-            "pipeline": _pipeline}
+            "pipeline": _pipeline, "device": _device}
 
 
 def main(argv) -> int:

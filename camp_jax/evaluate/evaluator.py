@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from camp_jax import (batching, bundle, checkpoints, data, distributed, files, models, scoring,
-                      sharding)
+from camp_jax import (batching, bundle, checkpoints, data, distributed, files, kernel_check,
+                      models, scoring, sharding)
 from camp_jax.data import tokenizer
 from camp_jax.evaluate import metrics as metrics_lib
 
@@ -196,12 +196,15 @@ def evaluate_run(config, *, workdir=None, checkpoint="best", bundle_path=None,
     out = pathlib.Path(workdir)
   if vocab is None:
     raise ValueError("no vocabulary: set config.data.vocab")
+  # Where the Pallas pooling kernel would run, it first checks itself (else XLA's pooling).
+  pooling, _ = kernel_check.resolve_pooling(config, models.build(model_cfg), params,
+                                            sharding.make_mesh())
   results = {}
   for name in ([split] if split else config.eval_splits):
     scores_path = out / "eval" / f"{name}_scores.npy" if scores else None
     metrics = evaluate_params(model_cfg, params, data.load_split(config.data, name), vocab,
                               folds=config.eval_folds, scores_path=scores_path,
-                              pooling=config.get("pooling_kernel", "auto"))
+                              pooling=pooling)
     metrics.update(model=model_cfg.get("name", "camp"), variant=model_cfg.get("variant"))
     if distributed.is_primary():
       write_metrics(out, name, metrics)

@@ -37,7 +37,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from camp_jax import batching, files, inference
+from camp_jax import batching, checkpoints, data, files, inference
+from camp_jax.data import tokenizer
 
 GATES = ("region_gate", "word_gate")
 GROUPS = ("relevant", "irrelevant", "matched", "hardest_negative")
@@ -144,10 +145,6 @@ def data_config_of_run(vocab_path: str | None) -> ml_collections.ConfigDict:
 
 def load_relevance(data_config, split: str):
   """`camp_jax.data.load_relevance`, or (None, why) when the data has no such truth."""
-  from camp_jax import data  # pylint: disable=g-import-not-at-top
-  if not hasattr(data, "load_relevance"):
-    raise RuntimeError("camp_jax.data.load_relevance is missing: this camp_jax cannot read "
-                       "which regions and words are relevant")
   try:
     return data.load_relevance(data_config, split), None
   except (FileNotFoundError, ValueError) as e:
@@ -159,8 +156,6 @@ def diagnose_run(workdir, data_config=None, split: str = "test", checkpoint="bes
                  max_images: int = 200) -> tuple[dict, dict]:
   """(summary, values) of a run's checkpoint on the first `max_images` images of `split`
   (0: all); writes the summary to RUN/eval/<split>_gates.json."""
-  from camp_jax import checkpoints, data  # pylint: disable=g-import-not-at-top
-  from camp_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
   model_cfg, params, vocab_path = checkpoints.load_trained(workdir, checkpoint)
   vocab = checkpoints.run_vocabulary(workdir, vocab_path)
   data_config = data_config or data_config_of_run(vocab_path)
