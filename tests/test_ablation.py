@@ -81,7 +81,8 @@ def test_report_mean_std_tables_and_plot(tmp_path):
 
 
 def test_importing_the_packages_defines_no_flag():
-  program = ("from absl import flags; import jax, ml_collections; before = set(flags.FLAGS); "
+  program = ("from absl import flags; import jax, ml_collections, orbax.checkpoint; "
+             "before = set(flags.FLAGS); "
              "import camp_jax.ablation, camp_jax.gate_diagnostics; "
              "print(sorted(set(flags.FLAGS) - before))")
   proc = subprocess.run([sys.executable, "-c", program], cwd=helpers.REPO,

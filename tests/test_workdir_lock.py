@@ -79,7 +79,7 @@ def test_a_lock_from_another_host_is_watched_until_it_beats_or_goes_stale(tmp_pa
   # Lost with its host: a last heartbeat, none for stale_after_s, then taken over.
   os.utime(path)
   start = time.time()
-  with caplog.at_level(logging.INFO), workdir_lock.WorkdirLock(tmp_path, 0.5, 3):
+  with caplog.at_level(logging.INFO, logger="absl"), workdir_lock.WorkdirLock(tmp_path, 0.5, 3):
     assert _holder(tmp_path)["host"] == HOST
   assert 2 < time.time() - start < 20
   assert "watching it" in caplog.text and re.search(r"no heartbeat for \d+ s", caplog.text)
