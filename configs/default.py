@@ -22,7 +22,10 @@ import ml_collections
 # What stage 2 trains: the fusion FCs, the score head and the pooling layers. Everything
 # else (encoders, embeddings, attention projections) stays as stage 1 left it.
 STAGE2_TRAINABLE = (r"fusion/fc_1/", r"fusion/fc_2/", r"fusion/fc_out/", r"fusion/final_reduce_")
-# Stages 2 and 3 (SGD, x 128 / batch like every rate here): chosen on dev recall.
+# The recipe was chosen on dev recall (the first 250 dev images, seed 0), never on test.
+# Stage 1: 10 epochs, x0.1 after 8 (dev rsum 582.2; 5 epochs: 491.3; at d=64, 10 epochs:
+# 552.8). Stages 2 and 3 (SGD, x 128 / batch like every rate here): 0.01 against 0.0025
+# (after a 5-epoch stage 1: 457.5 against 409.3, then 501.4 against 496.6).
 STAGE_LR = {"stage2": 0.01, "stage3": 0.01}
 STAGE_EPOCHS = {"stage2": 2, "stage3": 2}
 
@@ -86,14 +89,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.nesterov = True
   c.weight_decay = 0.0
   c.grad_clip = 2.0
-  c.lr_update = 4                      # epochs between x0.1 decays
+  c.lr_update = 8                      # epochs between x0.1 decays
   c.batch_size = 32
-  c.num_epochs = 5
+  c.num_epochs = 10                    # stage 1 (see the recipe above)
   c.trainable = ()                     # regexes over parameter paths; () trains everything
   c.init_from = ""                     # another run's workdir to start from (by name/shape)
   c.init_from_checkpoint = "best"
 
-  c.eval_every_epochs = 5              # here: once, at the end (the last epoch always is)
+  c.eval_every_epochs = 5              # stage 1: epochs 5 and 10 (the last always is)
   c.eval_splits = ("test",)
   c.eval_folds = 0                     # 5: COCO 1K (mean over 5 folds of 1,000 images)
   c.log_every_steps = 20
