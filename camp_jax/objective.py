@@ -44,8 +44,11 @@ def loss(model, params, batch, mesh: jax.sharding.Mesh, config, rng=None):
   run = functools.partial(model.apply, {"params": params})
   img_emb = run(batch["images"], method="encode_images")
   cap_emb, cap_mask = run(batch["tokens"], batch["lengths"], method="encode_captions")
-  # The pairs: regions stay split over "images", words are regrouped over "captions".
-  img_emb = jax.lax.with_sharding_constraint(img_emb, sharding.batch_sharding(mesh))
+  # Each item is encoded once per "images" block, where the batch's rows lie (unconstrained,
+  # GSPMD encodes the words once per caption block on every image block) ...
+  img_emb, cap_emb, cap_mask = jax.lax.with_sharding_constraint(
+      (img_emb, cap_emb, cap_mask), sharding.batch_sharding(mesh))
+  # ... then the pairs: regions stay split over "images", words are regrouped over "captions".
   cap_emb, cap_mask = jax.lax.with_sharding_constraint((cap_emb, cap_mask),
                                                        sharding.caption_sharding(mesh))
   embeddings = (img_emb, cap_emb, cap_mask)
@@ -124,18 +127,25 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
     (scores (B, B), gates {"region_gate": (B, B, R), "word_gate": (B, B, L)} split like
     the scores, or None without `with_gates`).
   """
-  def local(params, img_emb, cap_emb, cap_mask):
-    run = functools.partial(model.apply, {"params": params})
-    # Per-image features once, outside the (rematerialised) caption blocks.
-    fn = lambda img, c, m: run(img, run(c, m, method="caption_features"), with_gates,
-                               pooling, method="pair_scores")
-    return caption_chunked(fn, run(img_emb, method="image_features"), cap_emb, cap_mask,
-                           chunk)
+  run = functools.partial(model.apply, {"params": params})
+  # The per-item features once per "images" block (each caption's too, not once per caption
+  # block), then gathered to the blocks that read them; outside the rematerialised blocks.
+  # Repeated along "captions" only (at most its size, 2 for batch 128 on 256 chips), which
+  # keeps a run's numbers the same on any mesh with the same images size.
+  items = sharding.batch_sharding(mesh)
+  constrain = jax.lax.with_sharding_constraint
+  img = constrain(run(constrain(img_emb, items), method="image_features"), items)
+  cap = constrain(run(*constrain((cap_emb, cap_mask), items), method="caption_features"), items)
+
+  def local(params, img, cap):
+    fn = lambda img, cap: model.apply({"params": params}, img, cap, with_gates, pooling,
+                                      method="pair_scores")
+    return caption_chunked(fn, img, cap, chunk)
 
   images, captions = sharding.AXES
-  out = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(images), P(captions), P(captions)),
+  out = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(images), P(captions)),
                       out_specs=P(images, captions), check_vma=scoring.checks_vma(pooling))(
-                          params, img_emb, cap_emb, cap_mask)
+                          params, img, cap)
   return out if with_gates else (out, None)  # pair_scores gives (scores, gates) with_gates
 
 
@@ -168,7 +178,7 @@ def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_
   return scoring.aligned_pair_scores(model, params, img, cap)[:n]
 
 
-def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):
+def caption_chunked(score_fn, img, cap, chunk: int):
   """score_fn over blocks of `chunk` captions, rematerialised: bounded memory under grad.
 
   Each block's activations are recomputed in the backward pass instead of stored, so
@@ -177,23 +187,22 @@ def caption_chunked(score_fn, img, cap_emb, cap_mask, chunk: int):
   cost no extra FLOPs.
 
   Args:
-    score_fn: (img, cap_emb, cap_mask) -> (Ni, c, ...) scores, or a pytree of such arrays.
-    img, cap_emb, cap_mask: the images ((Ni, R, d) or a pytree of per-image arrays, used
-      by every block as it is), (Nc, L, d), (Nc, L).
+    score_fn: (img, cap) -> (Ni, c, ...) scores, or a pytree of such arrays.
+    img: the images (a pytree of (Ni, ...) arrays, used by every block as it is).
+    cap: the captions, a pytree of (Nc, ...) arrays, split into blocks.
     chunk: captions per block; 0 or >= Nc scores all at once. Must divide Nc.
 
   Returns:
     (Ni, Nc, ...), or the pytree of them.
   """
-  n_cap = cap_emb.shape[0]
+  n_cap = jax.tree.leaves(cap)[0].shape[0]
   if not chunk or chunk >= n_cap:
-    return score_fn(img, cap_emb, cap_mask)
+    return score_fn(img, cap)
   if n_cap % chunk:
     raise ValueError(f"config.train_caption_chunk={chunk} does not divide the {n_cap} "
                      "captions that each device scores (the batch over the mesh's captions "
                      "axis); pick a divisor")
-  blocks = (cap_emb.reshape((n_cap // chunk, chunk) + cap_emb.shape[1:]),
-            cap_mask.reshape((n_cap // chunk, chunk) + cap_mask.shape[1:]))
-  block_out = jax.lax.map(jax.checkpoint(lambda b: score_fn(img, *b)), blocks)
+  blocks = jax.tree.map(lambda x: x.reshape((n_cap // chunk, chunk) + x.shape[1:]), cap)
+  block_out = jax.lax.map(jax.checkpoint(lambda b: score_fn(img, b)), blocks)
   return jax.tree.map(
       lambda x: jnp.moveaxis(x, 0, 1).reshape((x.shape[1], n_cap) + x.shape[3:]), block_out)

@@ -6,8 +6,9 @@ r"""Scores of many images x many captions, for evaluation: the driver, its tile 
       numpy (every process holds them) or global arrays already on the devices.
   tile_plan(n_img, cap_widths, regions, dim, n_dev, max_tile_bytes) -> TilePlan
       The driver's image groups and caption chunks, without scoring (`camp_jax.aot` too).
-  score_tile(model, params, img_features, cap_emb, cap_mask, mesh=, block=, pooling=)
-      One tile: a group of images (split over the devices) x a chunk of captions.
+  score_tile(model, params, img_features, cap_features, mesh=, block=, pooling=)
+      One tile: a group of images (split over the devices) x a chunk of captions, both as
+      features computed once (`image_features_split`, `caption_features_gathered`).
   score_pairs(model, params, img_emb, cap_emb, cap_mask, img_index, cap_index) -> (P,)
       Given pairs only (reranking a shortlist); `aligned_pair_scores` and
       `picked_pair_scores` are its per-pair kernels, which the train step shares.
@@ -130,30 +131,45 @@ def tile_plan(n_img: int, cap_widths: np.ndarray, regions: int, dim: int, n_dev:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "mesh"))
-def _image_features(model, params, img_emb, *, mesh):
-  """image_features of a group of images split over every device."""
+def image_features_split(model, params, img_emb, *, mesh):
+  """image_features of a group of images, split over every device (rows divide evenly)."""
   spec = P(mesh.axis_names)
   fn = lambda p, x: model.apply({"params": p}, x, method="image_features")
   return jax.shard_map(fn, mesh=mesh, in_specs=(P(), spec), out_specs=spec)(params, img_emb)
 
 
+@functools.partial(jax.jit, static_argnames=("model", "mesh"))
+def caption_features_gathered(model, params, cap_emb, cap_mask, *, mesh):
+  """caption_features of a chunk (replicated), each caption computed on one device and
+  gathered to all: once per chunk, whatever the number of image groups and devices."""
+  n, pad = cap_emb.shape[0], -cap_emb.shape[0] % mesh.size
+  split = sharding.flat_sharding(mesh)
+  emb, mask = jax.lax.with_sharding_constraint(
+      (jnp.pad(cap_emb, ((0, pad), (0, 0), (0, 0))), jnp.pad(cap_mask, ((0, pad), (0, 0)))),
+      split)
+  out = jax.lax.with_sharding_constraint(
+      model.apply({"params": params}, emb, mask, method="caption_features"), split)
+  return jax.lax.with_sharding_constraint(jax.tree.map(lambda x: x[:n], out),
+                                          sharding.replicated(mesh))
+
+
 @functools.partial(jax.jit, static_argnames=("model", "mesh", "block", "pooling"))
-def score_tile(model, params, img, cap_emb, cap_mask, *, mesh, block, pooling="xla"):
-  """(image features of a group, split) x (a caption chunk, replicated) -> (Ni_group, C).
+def score_tile(model, params, img, cap, *, mesh, block, pooling="xla"):
+  """(image features of a group, split) x (caption features of a chunk, replicated)
+  -> (Ni_group, C).
 
   Each device loops over caption blocks of `block` captions, so that only
   (local images x block) pairs are alive at a time.
   """
-  def local(params, img, cap_emb, cap_mask):
+  def local(params, img, cap):
     run = functools.partial(model.apply, {"params": params})
-    cap = run(cap_emb, cap_mask, method="caption_features")
     cap = jax.tree.map(lambda x: x.reshape((-1, block) + x.shape[1:]), cap)
     out = jax.lax.map(lambda c: run(img, c, False, pooling, method="pair_scores"), cap)
     return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], -1)                   # (ni, C)
 
   spec = P(mesh.axis_names)
-  return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P(), P()), out_specs=spec,
-                       check_vma=checks_vma(pooling))(params, img, cap_emb, cap_mask)
+  return jax.shard_map(local, mesh=mesh, in_specs=(P(), spec, P()), out_specs=spec,
+                       check_vma=checks_vma(pooling))(params, img, cap)
 
 
 @functools.partial(jax.jit, static_argnames=("width", "out"))
@@ -239,12 +255,18 @@ def score_matrix(model, params, img_emb, cap_emb, cap_mask, *, buckets=DEFAULT_B
   here = sharding.host_rows(img_sharding, group)                  # this process's rows
   results, pending, done, mine = [], None, 0, 0
   start, last_report = time.perf_counter(), 0.0
+  # Every item's features once: the images' kept on the devices (split over them), each
+  # chunk's captions' computed once and scored against every image group.
+  groups = []
   for g in range(plan.groups):
     real = min(group, n_img - g * group)
     idx = g * group + np.minimum(np.arange(group), real - 1)      # pad: repeat the last
-    img = _image_features(model, params, *_rows((img_emb,), idx, img_sharding), mesh=mesh)
-    for cols, emb, mask, block in chunks:
-      out = score_tile(model, params, img, emb, mask, mesh=mesh, block=block, pooling=pooling)
+    groups.append((g, real, image_features_split(
+        model, params, *_rows((img_emb,), idx, img_sharding), mesh=mesh)))
+  for cols, emb, mask, block in chunks:
+    cap = caption_features_gathered(model, params, emb, mask, mesh=mesh)
+    for g, real, img in groups:
+      out = score_tile(model, params, img, cap, mesh=mesh, block=block, pooling=pooling)
       results.append((g, cols, out))
       mine += max(0, min(here[1], real) - here[0]) * len(cols)
       if pending is not None:                      # Keep one tile in flight, time the rest.

@@ -83,6 +83,22 @@ def flat_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(mesh.axis_names))
 
 
+def state_sharding(mesh: Mesh, state):
+  """The train state's placement: step, rng and params replicated; each optimizer-state
+  array split over every device along its first axis that the device count divides
+  (replicated where none does), so each device updates only its share (ZeRO-1). Inside the
+  step XLA then reduces the gradients to each shard and gathers the updated parameters."""
+  rep = replicated(mesh)
+
+  def moment(x):
+    for axis, size in enumerate(x.shape):
+      if size >= mesh.size and size % mesh.size == 0:
+        return NamedSharding(mesh, P(*([None] * axis), AXES))
+    return rep
+  return state.replace(step=rep, params=jax.tree.map(lambda _: rep, state.params),
+                       opt_state=jax.tree.map(moment, state.opt_state), rng=rep)
+
+
 def host_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
   """[start, stop) of the rows of a (global_rows, ...) array that this process's devices hold.
 

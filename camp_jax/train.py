@@ -47,15 +47,17 @@ def train_step(state: TrainState, batch, *, model, tx, schedule, config, mesh):
   return new_state, aux
 
 
-def make_train_step(model, tx, schedule, config, mesh):
-  """The jit-compiled step: state replicated and donated, batch rows split over "images"."""
+def make_train_step(model, tx, schedule, config, mesh, state):
+  """The jit-compiled step: state (concrete or abstract, for its structure) placed by
+  `sharding.state_sharding` and donated, batch rows split over "images"."""
   if config.train_caption_chunk < 0:
     raise ValueError(f"config.train_caption_chunk={config.train_caption_chunk}: resolve -1 "
                      "(auto) with train.resolve_caption_chunk before building the step")
   step = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
                            mesh=mesh)
-  return jax.jit(step, in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh), donate_argnums=(0,))
+  placed = sharding.state_sharding(mesh, state)
+  return jax.jit(step, in_shardings=(placed, sharding.batch_sharding(mesh)),
+                 out_shardings=(placed, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
 def resolve_caption_chunk(config, model, tx, schedule, mesh, state, batch_shape: dict):
@@ -71,7 +73,7 @@ def resolve_caption_chunk(config, model, tx, schedule, mesh, state, batch_shape:
            for k, shape in batch_shape.items()}
 
   def measure(chunk):
-    step = make_train_step(model, tx, schedule, memory.with_chunk(config, chunk), mesh)
+    step = make_train_step(model, tx, schedule, memory.with_chunk(config, chunk), mesh, state)
     return memory.compiled_total(lambda: step.lower(state, batch).compile())
 
   found = memory.largest_fitting_chunk(
@@ -87,7 +89,8 @@ def make_mesh(config) -> jax.sharding.Mesh:
 
 
 def create_train_state(config, model, model_cfg, steps_per_epoch: int, mesh):
-  """(state replicated over `mesh`, tx, schedule): fresh params, with config.word_vectors
+  """(state placed on `mesh` by `sharding.state_sharding`, tx, schedule): fresh params, with
+  config.word_vectors
   and the warm start of config.init_from applied."""
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
   params = models.init_params(model, init_rng)
@@ -99,7 +102,7 @@ def create_train_state(config, model, model_cfg, steps_per_epoch: int, mesh):
   tx, schedule = optimizer.create_optimizer(config, params, steps_per_epoch)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      rng=jax.random.key_data(rng))
-  return jax.device_put(state, sharding.replicated(mesh)), tx, schedule
+  return jax.device_put(state, sharding.state_sharding(mesh, state)), tx, schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +126,8 @@ class Setup:
                                    self.state, {"images": (c.batch_size, *regions),
                                                 "tokens": (c.batch_size, caption_width),
                                                 "lengths": (c.batch_size,)})
-    return config, make_train_step(self.model, self.tx, self.schedule, config, self.mesh)
+    return config, make_train_step(self.model, self.tx, self.schedule, config, self.mesh,
+                                   self.state)
 
 
 def setup(config) -> Setup:
@@ -273,7 +277,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, lock) -> dict:
     return {"preempted_at_step": step}
 
   results = {}
-  # Restored into the train state's (replicated) shardings: the same on one or many processes.
+  # Restored into the train state's shardings: the same on one or many processes.
   params = checkpoints.restore(best, state)[0].params if best.latest_step() else state.params
   for split_name in config.eval_splits:
     metrics = evaluate_on(params, data.load_split(config.data, split_name),

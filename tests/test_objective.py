@@ -68,9 +68,10 @@ def test_caption_chunked_loss_matches_whole_batch_scores_and_gradients():
   cap_emb, cap_mask = model.apply({"params": params}, tokens, lengths, method="encode_captions")
 
   def loss(p, chunk):
-    fn = lambda *a: model.apply({"params": p}, *a, method="fast_score_matrix")
-    return losses.hardest_negative_bce(
-        objective.caption_chunked(fn, img_emb, cap_emb, cap_mask, chunk))
+    fn = lambda img, cap: model.apply({"params": p}, img, cap["emb"], cap["mask"],
+                                      method="fast_score_matrix")
+    return losses.hardest_negative_bce(objective.caption_chunked(
+        fn, img_emb, {"emb": cap_emb, "mask": cap_mask}, chunk))
 
   whole, grads_whole = jax.value_and_grad(loss)(params, 0)
   chunked, grads_chunked = jax.value_and_grad(loss)(params, 2)

@@ -2,7 +2,6 @@
 import functools
 import os
 import pathlib
-import subprocess
 import sys
 import textwrap
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 
 from camp_jax import batching, losses, models, scoring
+from tests import helpers
 
 TINY = dict(vocab_size=30, word_dim=6, embed_dim=16, img_dim=10)
 REGIONS, WORDS = 5, 20
@@ -58,6 +58,29 @@ def test_fast_score_matrix_matches_reference(case):
   trimmed = _fast(model, params, img_emb[:2], cap_emb[1:, :width],
                                       cap_mask[1:, :width])
   np.testing.assert_allclose(trimmed, ref[:2, 1:], atol=1e-5, rtol=0)
+
+
+def test_the_driver_computes_each_items_features_once(monkeypatch):
+  """Caption features once per chunk and image features once per group, not once per tile
+  (group x chunk): what matters on COCO 5K, where every chunk meets many image groups."""
+  model, params, img_emb, cap_emb, cap_mask = _setup("gate_fusion")
+  calls = {}
+
+  def counted(name):
+    fn = getattr(scoring, name)
+    def wrapper(*args, **kwargs):
+      calls[name] = calls.get(name, 0) + 1
+      return fn(*args, **kwargs)
+    monkeypatch.setattr(scoring, name, wrapper)
+  for name in ("caption_features_gathered", "image_features_split", "score_tile"):
+    counted(name)
+  got = scoring.score_matrix(model, params, img_emb, cap_emb, cap_mask, buckets=(8,),
+                             max_tile_bytes=7 * scoring.pair_bytes(REGIONS, WORDS, 16),
+                             image_tile=3, caption_chunk=3, progress=None)
+  np.testing.assert_allclose(got, _reference(model, params, img_emb, cap_emb, cap_mask),
+                             atol=1e-5, rtol=0)
+  groups, chunks = calls["image_features_split"], calls["caption_features_gathered"]
+  assert groups > 1 and chunks > 1 and calls["score_tile"] == groups * chunks
 
 
 @pytest.mark.parametrize("case", ["gate_fusion", "stage1_padded"])
@@ -131,7 +154,7 @@ def test_loss_gradients_match_reference(case):
     np.testing.assert_allclose(f, r, atol=1e-5 * scale, rtol=1e-4, err_msg=str(path[0]))
 
 
-def test_eight_simulated_devices():
+def test_eight_simulated_devices(tmp_path):
   code = textwrap.dedent(f"""
       import jax, numpy as np
       assert jax.device_count() == 8, jax.devices()
@@ -150,6 +173,6 @@ def test_eight_simulated_devices():
       """)
   env = {**os.environ, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=300)
-  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+  proc = helpers.run([sys.executable, "-c", code], tmp_path / "logs" / "eight_devices", env=env,
+                     timeout=300)
+  assert "ok" in proc.stdout, proc.failure("the 8-device check printed no 'ok'")

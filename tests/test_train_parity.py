@@ -74,8 +74,8 @@ def run_stage(reference: dict, stage: int, fast_scoring: bool) -> tuple[np.ndarr
   mesh = sharding.make_mesh((1, 1), jax.devices()[:1])
   state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                            opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)))
-  state = jax.device_put(state, sharding.replicated(mesh))
-  step = train.make_train_step(model, tx, schedule, config, mesh)
+  state = jax.device_put(state, sharding.state_sharding(mesh, state))
+  step = train.make_train_step(model, tx, schedule, config, mesh, state)
   losses = []
   # Every batch keeps the fixture's width (its widest caption): the release sees the first
   # max(lengths) columns of each; the columns past every caption's length are masked (and

@@ -54,12 +54,14 @@ def train_program(config, devices) -> analysis.Program:
     made.update(tx=tx, schedule=schedule)
     return state
 
-  state = _with_sharding(jax.eval_shape(init), sharding.replicated(mesh))
+  state = jax.eval_shape(init)
+  state = jax.tree.map(lambda x, s: SDS(x.shape, x.dtype, sharding=s), state,
+                       sharding.state_sharding(mesh, state))
   rows = sharding.batch_sharding(mesh)
   batch = {"images": SDS((wl.batch_size, wl.regions, wl.img_dim), jnp.float32, sharding=rows),
            "tokens": SDS((wl.batch_size, wl.caption_width), jnp.int32, sharding=rows),
            "lengths": SDS((wl.batch_size,), jnp.int32, sharding=rows)}
-  step = train.make_train_step(model, made["tx"], made["schedule"], config, mesh)
+  step = train.make_train_step(model, made["tx"], made["schedule"], config, mesh, state)
   info = {"mesh": dict(mesh.shape), "batch_size": wl.batch_size, "dataset": wl.dataset,
           "regions": wl.regions, "caption_width": wl.caption_width,
           "train_caption_chunk": config.train_caption_chunk, "dtype": config.model.dtype,
@@ -81,8 +83,8 @@ def eval_plan(wl: workload.Workload, width: int, dim: int, n_dev: int, platform:
 
 
 def eval_program(config, devices, platform: str | None = None) -> analysis.Program:
-  """scoring.score_tile: one image group (split over every device) x one caption chunk,
-  at the config's first eval split (all captions at the widest bucket). `platform` sizes
+  """scoring.score_tile: one image group (split over every device) x one caption chunk's
+  features (computed once per chunk, outside the tile), at the config's first eval split (all captions at the widest bucket). `platform` sizes
   the tiles (default: the devices'), so a CPU rebuild keeps the accelerator's plan."""
   config = config.copy_and_resolve_references()
   wl = workload.for_config(config)
@@ -98,10 +100,13 @@ def eval_program(config, devices, platform: str | None = None) -> analysis.Progr
   params = jax.eval_shape(functools.partial(models.init_params, model), jax.random.key(0))
   img = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, method="image_features"),
                        params, SDS((plan["image_group"], wl.regions, dim), jnp.float32))
+  cap = jax.eval_shape(lambda p, x, m: model.apply({"params": p}, x, m,
+                                                   method="caption_features"),
+                       params, SDS((plan["caption_chunk"], width, dim), jnp.float32),
+                       SDS((plan["caption_chunk"], width), jnp.bool_))
   rep = sharding.replicated(mesh)
   args = (model, _with_sharding(params, rep), _with_sharding(img, sharding.flat_sharding(mesh)),
-          SDS((plan["caption_chunk"], width, dim), jnp.float32, sharding=rep),
-          SDS((plan["caption_chunk"], width), jnp.bool_, sharding=rep))
+          _with_sharding(cap, rep))
   info = {"mesh": dict(mesh.shape), "eval_split": wl.eval_split,
           "eval_images": wl.eval_images, "eval_captions": wl.eval_captions,
           "caption_width": width, "embed_dim": dim, "dtype": config.model.dtype, **plan,
