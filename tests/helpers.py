@@ -105,11 +105,12 @@ class LoggedProcess(subprocess.Popen):
   `<log>.stderr`, or both to `<log>.log` when `merge_output`.
 
   `log` is a path stem such as `tmp_path / "logs" / "resume"`; a taken stem gets a suffix.
-  The environment is `env` or cpu_env(devices), unbuffered so that a crash loses no output.
+  The environment is `env` or cpu_env(devices), unbuffered so that a crash loses no output;
+  `cwd`, when given, replaces the repository as the working directory.
   """
 
   def __init__(self, args, log, devices: int = 1, env: dict | None = None,
-               merge_output: bool = False, **popen_kwargs):
+               merge_output: bool = False, cwd=None, **popen_kwargs):
     stem = _log_stem(log)
     suffixes = (".log", ".log") if merge_output else (".stdout", ".stderr")
     self.stdout_path, self.stderr_path = (stem.with_name(stem.name + s) for s in suffixes)
@@ -117,7 +118,8 @@ class LoggedProcess(subprocess.Popen):
     out = open(self.stdout_path, "w")
     err = subprocess.STDOUT if merge_output else open(self.stderr_path, "w")
     try:
-      super().__init__(args, cwd=REPO, env=env, stdout=out, stderr=err, **popen_kwargs)
+      super().__init__(args, cwd=REPO if cwd is None else cwd, env=env, stdout=out, stderr=err,
+                       **popen_kwargs)
     finally:  # The child has its own copies of the file descriptors.
       out.close()
       if err is not subprocess.STDOUT:
@@ -138,11 +140,26 @@ class LoggedProcess(subprocess.Popen):
                            stdout_log, self.args, ignore)
 
 
+class Completed(subprocess.CompletedProcess):
+  """What `run` returns: its stdout and stderr as text, and `failure(what)`, the ended
+  process's failure_message, for a test's own assertions on a run (one that expects a
+  non-zero exit passes check=False)."""
+
+  def __init__(self, proc: LoggedProcess):
+    super().__init__(proc.args, proc.returncode, proc.stdout_text(), proc.stderr_text())
+    self.process = proc
+
+  def failure(self, what: str, ignore: tuple[str, ...] = ()) -> str:
+    """failure_message for this run: exit code, log files, stderr's head, tail, fatal lines."""
+    return self.process.failure(what, ignore)
+
+
 def run(args, log, devices: int = 1, timeout: float = 600, check: bool = True,
-        env: dict | None = None) -> subprocess.CompletedProcess:
-  """Runs `args` to the end as a LoggedProcess; fails the test, with failure_message, on a
-  timeout or (when `check`) a non-zero exit. Returns stdout and stderr as text."""
-  proc = LoggedProcess(args, log, devices, env)
+        env: dict | None = None, cwd=None) -> Completed:
+  """Runs `args` to the end as a LoggedProcess (in `cwd`, default the repository); fails the
+  test, with failure_message, on a timeout or (when `check`) a non-zero exit. Returns stdout
+  and stderr as text."""
+  proc = LoggedProcess(args, log, devices, env, cwd=cwd)
   try:
     proc.wait(timeout=timeout)
   except subprocess.TimeoutExpired:
@@ -151,11 +168,10 @@ def run(args, log, devices: int = 1, timeout: float = 600, check: bool = True,
     pytest.fail(proc.failure(f"run timed out after {timeout} s and was killed"))
   if check and proc.returncode != 0:
     pytest.fail(proc.failure("run failed"))
-  return subprocess.CompletedProcess(args, proc.returncode, proc.stdout_text(),
-                                     proc.stderr_text())
+  return Completed(proc)
 
 
-def run_tiny(workdir, data_dir, *flags, devices: int = 1) -> subprocess.CompletedProcess:
+def run_tiny(workdir, data_dir, *flags, devices: int = 1) -> Completed:
   """A tiny training run to the end, logged to `<workdir's folder>/logs/<workdir's name>.*`."""
   workdir = pathlib.Path(workdir)
   return run(tiny_main(workdir, data_dir, *flags), workdir.parent / "logs" / workdir.name,

@@ -2,7 +2,6 @@
 import io
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -80,14 +79,12 @@ def test_report_mean_std_tables_and_plot(tmp_path):
   assert "## Gates" in md and paths[2].stat().st_size > 10_000
 
 
-def test_importing_the_packages_defines_no_flag():
+def test_importing_the_packages_defines_no_flag(tmp_path):
   program = ("from absl import flags; import jax, ml_collections, orbax.checkpoint; "
              "before = set(flags.FLAGS); "
              "import camp_jax.ablation, camp_jax.gate_diagnostics; "
              "print(sorted(set(flags.FLAGS) - before))")
-  proc = subprocess.run([sys.executable, "-c", program], cwd=helpers.REPO,
-                        env=helpers.cpu_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  proc = helpers.run([sys.executable, "-c", program], tmp_path / "logs" / "import", timeout=300)
   assert proc.stdout.strip() == "[]"
 
 
@@ -99,10 +96,8 @@ def test_ablation_runs_resumes_and_reports(tmp_path, tiny_run, tiny_data_dir):
   args = ["--config=configs/default.py:tiny", "--seeds=1", "--variants=stage1,camp_cosine_head",
           f"--override=--config.data.dir={tiny_data_dir}", "--override=--config.num_epochs=1",
           "--gate_images=16"]
-  proc = subprocess.run([sys.executable, "-m", "camp_jax.ablation", f"--workdir={workdir}",
-                         *args], cwd=helpers.REPO, env=helpers.cpu_env(), capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  proc = helpers.run([sys.executable, "-m", "camp_jax.ablation", f"--workdir={workdir}", *args],
+                     tmp_path / "logs" / "ablation", timeout=600)
   assert "1 of 4 steps already finished (skipped)" in proc.stdout
   assert "[3/3] camp_cosine_head/seed0/gates: done" in proc.stdout
   log = (workdir / "camp_cosine_head" / "seed0" / "stage2.log").read_text()

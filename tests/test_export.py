@@ -1,7 +1,6 @@
 """Export: bundles from runs and bundles, jax.export artifacts run in a fresh process."""
 import json
 import os
-import subprocess
 import sys
 
 import jax
@@ -48,11 +47,10 @@ def _run_fresh(bundle_dir, cases: dict, tmp_path) -> dict:
   """Runs `tests/run_stablehlo.py` (jax and numpy only) on {case: (images, tokens, lengths)}."""
   np.savez(tmp_path / "inputs.npz", **{f"{c}_{k}": v for c, arrays in cases.items()
                                       for k, v in zip(("images", "tokens", "lengths"), arrays)})
-  run = subprocess.run([sys.executable, str(helpers.REPO / "tests" / "run_stablehlo.py"),
-                        str(bundle_dir), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
-  assert run.returncode == 0, run.stderr[-3000:]
+  helpers.run([sys.executable, str(helpers.REPO / "tests" / "run_stablehlo.py"), str(bundle_dir),
+               str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+              tmp_path / "logs" / "run_stablehlo", timeout=300, cwd=tmp_path,
+              env=dict(os.environ, JAX_PLATFORMS="cpu"))
   return dict(np.load(tmp_path / "out.npz"))
 
 
@@ -76,10 +74,8 @@ def test_trained_tiny_run_exports_and_reloads_with_the_same_scores(tiny_run, tin
                                                                   tmp_path):
   workdir, _ = tiny_run
   out = tmp_path / "bundle"
-  proc = subprocess.run([sys.executable, "-m", "camp_jax.export", f"--workdir={workdir}",
-                         f"--out={out}", "--stablehlo"], cwd=helpers.REPO, env=helpers.cpu_env(),
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  helpers.run([sys.executable, "-m", "camp_jax.export", f"--workdir={workdir}", f"--out={out}",
+               "--stablehlo"], tmp_path / "logs" / "export", timeout=300)
 
   predictor = inference.load(out)
   split = precomp.read_split(tiny_data_dir, "test")
@@ -156,10 +152,11 @@ def test_urls_are_refused_instead_of_written_to_a_local_folder(exported, tmp_pat
   assert "--out=gs://bucket/bundle: URLs are not supported" in capsys.readouterr().err
   with pytest.raises(ValueError, match="bundle folder=gs://bucket/bundle: URLs are not"):
     bundle.save("gs://bucket/bundle", {}, {})
-  proc = subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
-                         "--workdir=gs://bucket/run"], cwd=helpers.REPO, env=helpers.cpu_env(),
-                        capture_output=True, text=True, timeout=120)
-  assert proc.returncode != 0 and "--workdir=gs://bucket/run: URLs are not supported" in proc.stderr
+  proc = helpers.run([sys.executable, "-m", "camp_jax.main", "--config=configs/default.py:tiny",
+                      "--workdir=gs://bucket/run"], tmp_path / "logs" / "main", timeout=120,
+                     check=False)
+  assert proc.returncode != 0 and "--workdir=gs://bucket/run: URLs are not supported" in \
+      proc.stderr, proc.failure("main with a gs:// workdir: expected a refusal naming the URL")
   assert not list(tmp_path.glob("gs:*")) and not list(helpers.REPO.glob("gs:*"))
 
 

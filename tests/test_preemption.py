@@ -8,14 +8,13 @@ import pathlib
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 
 import pytest
 
 from camp_jax import preemption
-from tests.helpers import REPO, cpu_env
+from tests.helpers import LoggedProcess
 
 MAX_STEPS = 2000     # 0.05 s a step: the notice must arrive well before.
 SIGNAL_AT_STEP = 10  # Both processes past it before process 1 gets the SIGTERM.
@@ -76,11 +75,9 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, w
   for i in range(2):
     code = ("from tests.test_preemption import _worker; "
             f"_worker({coordinator!r}, {i}, {str(tmp_path)!r}, {start}, {early})")
-    with open(tmp_path / f"process{i}.log", "w") as log:
-      procs.append(subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=cpu_env(1),
-                                    stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True))
-  logs = lambda: "\n".join((tmp_path / f"process{i}.log").read_text()[-2000:] for i in range(2))
+    procs.append(LoggedProcess([sys.executable, "-c", code], tmp_path / "logs" / f"process{i}",
+                               devices=1, merge_output=True, start_new_session=True))
+  logs = lambda: "\n\n".join(p.failure(f"process {i}") for i, p in enumerate(procs))
   try:
     deadline = time.time() + 120
     while not early and min(_progress(tmp_path, 0), _progress(tmp_path, 1)) < SIGNAL_AT_STEP:
@@ -97,8 +94,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path, w
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
   assert codes == [0, 0], logs()
-  stops = [re.findall(r"process %d stopped at step (\d+)" % i,
-                      (tmp_path / f"process{i}.log").read_text()) for i in range(2)]
+  stops = [re.findall(r"process %d stopped at step (\d+)" % i, p.stdout_text())
+           for i, p in enumerate(procs)]
   assert stops[0] and stops[0] == stops[1], logs()
   assert int(stops[0][0]) > signalled_at
   print(f"{when}: SIGTERM to process 1 after step {signalled_at}; both stopped at step "

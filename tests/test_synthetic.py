@@ -1,7 +1,7 @@
 """Tests for camp_jax.data.synthetic."""
 import json
+import os
 import pathlib
-import subprocess
 import sys
 
 import ml_collections
@@ -13,6 +13,7 @@ from camp_jax.data import precomp
 from camp_jax.data import synthetic
 from camp_jax.data import tokenizer
 from camp_jax.data import vocab as vocab_lib
+from tests import helpers
 
 SMALL = dict(num_train=40, num_dev=10, num_test=12, num_regions=8, feature_dim=16)
 
@@ -184,8 +185,8 @@ def test_load_relevance_from_the_config(tmp_path):
     data.load_relevance(config, "dev")
 
 
-def test_light_modules_do_not_import_tensorflow():
+def test_light_modules_do_not_import_tensorflow(tmp_path):
   code = ("import sys; import camp_jax.data, camp_jax.data.tokenizer, camp_jax.data.vocab, "
           "camp_jax.data.precomp, camp_jax.data.synthetic, camp_jax.data.pipeline; "
           "assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
-  subprocess.run([sys.executable, "-c", code], check=True)
+  helpers.run([sys.executable, "-c", code], tmp_path / "logs" / "imports", env=dict(os.environ))

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 
 import jax
@@ -17,8 +16,8 @@ import pytest
 from camp_jax import data, evaluate, models, objective, sharding, train, workdir_lock
 from camp_jax.data import pipeline
 from configs import default
-from tests.helpers import (REPO, TINY_EPOCHS, checkpoint_steps, cpu_env, run_tiny, tiny_main,
-                           wait_for_checkpoint)
+from tests.helpers import (TINY_EPOCHS, LoggedProcess, checkpoint_steps, run, run_tiny,
+                           tiny_main, wait_for_checkpoint)
 
 
 def test_default_run_trains_evaluates_and_writes_metrics(tiny_run):
@@ -35,15 +34,16 @@ def test_default_run_trains_evaluates_and_writes_metrics(tiny_run):
 
 def test_resume_after_sigkill_reaches_the_same_metrics(tiny_run, tmp_path, tiny_data_dir):
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen(tiny_main(workdir, tiny_data_dir), cwd=REPO, env=cpu_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = LoggedProcess(tiny_main(workdir, tiny_data_dir), tmp_path / "logs" / "killed")
   try:
     wait_for_checkpoint(proc, workdir, min_step=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
   finally:
-    proc.kill()
-  assert proc.returncode == -signal.SIGKILL
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL, proc.failure("expected an end by SIGKILL")
   assert not (workdir / "eval" / "test.json").exists(), "killed too late to test a resume"
   resumed = run_tiny(workdir, tiny_data_dir)
   assert "resumed from" in resumed.stderr
@@ -57,16 +57,18 @@ def test_resume_after_sigkill_reaches_the_same_metrics(tiny_run, tmp_path, tiny_
 def test_sigterm_saves_a_checkpoint_before_exit(tmp_path, tiny_data_dir):
   workdir = tmp_path / "preempted"
   flags = ("--config.checkpoint_every_steps=1000",)
-  proc = subprocess.Popen(tiny_main(workdir, tiny_data_dir, *flags), cwd=REPO, env=cpu_env(),
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = LoggedProcess(tiny_main(workdir, tiny_data_dir, *flags), tmp_path / "logs" / "preempted")
   try:
     wait_for_checkpoint(proc, workdir, min_step=8)  # the end of epoch 1
     proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
   finally:
-    proc.kill()
-  assert proc.returncode == 0, stderr[-3000:]
-  assert "preempted at step" in stderr
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 0, proc.failure("run failed after its SIGTERM")
+  stderr = proc.stderr_text()
+  assert "preempted at step" in stderr, proc.failure("no 'preempted at step' after a SIGTERM")
   step = int(stderr.split("preempted at step")[1].split(";")[0])
   assert checkpoint_steps(workdir)[-1] == step
 
@@ -75,12 +77,13 @@ def test_a_second_run_on_a_live_workdir_stops_at_start_naming_the_holder(tmp_pat
                                                                          tiny_data_dir):
   workdir = tmp_path / "busy"
   with workdir_lock.WorkdirLock(workdir):  # This test process is the live holder.
-    second = subprocess.run(tiny_main(workdir, tiny_data_dir), cwd=REPO, env=cpu_env(),
-                            capture_output=True, text=True, timeout=300)
-  assert second.returncode != 0
+    second = run(tiny_main(workdir, tiny_data_dir), tmp_path / "logs" / "second", timeout=300,
+                 check=False)
+  assert second.returncode != 0, second.failure("a second run on a held workdir did not stop")
   refusal = [line for line in second.stderr.splitlines() if "is in use by" in line]
-  assert len(refusal) == 1 and f"pid {os.getpid()} on" in refusal[0], second.stderr[-3000:]
-  assert "Traceback" not in second.stderr
+  assert len(refusal) == 1 and f"pid {os.getpid()} on" in refusal[0], \
+      second.failure("expected one line naming the holder")
+  assert "Traceback" not in second.stderr, second.failure("a traceback instead of one line")
   assert sorted(p.name for p in workdir.iterdir()) == []  # It wrote nothing.
 
 
@@ -114,9 +117,8 @@ np.savez(sys.argv[2], **out)
 def test_mesh_shapes_give_the_same_loss_and_gradients(tmp_path, tiny_data_dir):
   """One device and the 8x1, 4x2, 2x4 and 1x8 (images x captions) meshes of 8 devices."""
   out = tmp_path / "grads.npz"
-  proc = subprocess.run([sys.executable, "-c", MESH_SHAPES, str(tiny_data_dir), str(out)],
-                        cwd=REPO, env=cpu_env(8), capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  run([sys.executable, "-c", MESH_SHAPES, str(tiny_data_dir), str(out)],
+      tmp_path / "logs" / "mesh_shapes", devices=8, timeout=600)
   got = dict(np.load(out))
   names = sorted({k.split("/")[0] for k in got})
   assert names == ["1", "1x8", "2x4", "4x2", "8x1"]
@@ -143,7 +145,7 @@ def test_frozen_parameters_are_left_out_of_the_gradient_norm():
       state.params)
   expected = np.linalg.norm(np.asarray(grads["fusion"]["fc_1"]["kernel"]))
   before = jax.device_get(state.params)
-  state, aux = train.make_train_step(model, tx, schedule, config, mesh)(
+  state, aux = train.make_train_step(model, tx, schedule, config, mesh, state)(
       state, sharding.global_batch(batch, mesh, 4))
   assert float(aux["grad_norm"]) == pytest.approx(expected, rel=1e-5)
   assert float(optax.tree.norm(grads)) > 1.01 * expected  # The encoders do get gradients.
@@ -153,22 +155,23 @@ def test_frozen_parameters_are_left_out_of_the_gradient_norm():
   assert np.any(after["fusion"]["fc_1"]["kernel"] != before["fusion"]["fc_1"]["kernel"])
 
 
-def _vse_tiny(workdir, data_dir, *flags) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "camp_jax.main", "--config=configs/vse.py:tiny",
-                         f"--workdir={workdir}", f"--config.data.dir={data_dir}",
-                         "--config.num_epochs=1", *flags], cwd=REPO, env=cpu_env(),
-                        capture_output=True, text=True, timeout=600)
+def _vse_tiny(workdir, data_dir, *flags, check=True):
+  """A tiny VSE++ run, logged to `<workdir's folder>/logs/<workdir's name>.*`."""
+  return run([sys.executable, "-m", "camp_jax.main", "--config=configs/vse.py:tiny",
+              f"--workdir={workdir}", f"--config.data.dir={data_dir}", "--config.num_epochs=1",
+              *flags], workdir.parent / "logs" / workdir.name, timeout=600, check=check)
 
 
 def test_vse_baseline_trains_validating_on_the_first_dev_images(tmp_path, tiny_data_dir):
   proc = _vse_tiny(tmp_path / "vse", tiny_data_dir, "--config.data.dev_images=20")
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "validating on the first 20 of 40 dev images" in proc.stderr
+  assert "validating on the first 20 of 40 dev images" in proc.stderr, \
+      proc.failure("no 'validating on the first 20' line")
   metrics = json.loads((tmp_path / "vse" / "eval" / "test.json").read_text())
   assert metrics["n_images"] == 40 and 0 <= metrics["rsum"] <= 600
-  proc = _vse_tiny(tmp_path / "bad", tiny_data_dir, "--config.data.dev_images=41")
-  assert proc.returncode != 0
-  assert "config.data.dev_images=41: expected 0 (all) or 1..40" in proc.stderr
+  proc = _vse_tiny(tmp_path / "bad", tiny_data_dir, "--config.data.dev_images=41", check=False)
+  assert proc.returncode != 0, proc.failure("dev_images=41 was not refused")
+  assert "config.data.dev_images=41: expected 0 (all) or 1..40" in proc.stderr, \
+      proc.failure("the refusal does not name dev_images=41")
 
 
 def _chance_rsum(images: int, per_image: int = 5) -> float:
@@ -196,7 +199,7 @@ def test_bfloat16_step_loss_is_within_two_percent_of_float32_and_trains(tiny_dat
     state, tx, schedule = train.create_train_state(config, model, cfg, 8, mesh)
     params_dtypes = {x.dtype for x in jax.tree.leaves(state.params)}
     assert params_dtypes == {np.dtype("float32")}, params_dtypes   # parameters stay float32
-    step = train.make_train_step(model, tx, schedule, config, mesh)
+    step = train.make_train_step(model, tx, schedule, config, mesh, state)
     state, aux = step(state, batches[0])
     losses[dtype] = float(aux["loss"])
   assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02), losses

@@ -6,7 +6,6 @@ import pathlib
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ import time
 import pytest
 
 from camp_jax import workdir_lock
-from tests.helpers import REPO, cpu_env
+from tests.helpers import LoggedProcess
 
 HOST = socket.gethostname()
 
@@ -93,10 +92,14 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, caplog):
   code = ("import sys, time; from camp_jax import workdir_lock; "
           f"workdir_lock.WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "
           "time.sleep(600)")
-  proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=cpu_env(),
-                          stdout=subprocess.PIPE, text=True)
+  proc = LoggedProcess([sys.executable, "-c", code], tmp_path / "logs" / "holder")
   try:
-    assert proc.stdout.readline().strip() == "held"
+    deadline = time.time() + 300
+    while "\n" not in proc.stdout_text():  # Its first line.
+      if proc.poll() is not None or time.time() > deadline:
+        pytest.fail(proc.failure("the holder printed no line"))
+      time.sleep(0.05)
+    assert proc.stdout_text().splitlines()[0].strip() == "held", proc.failure("not 'held'")
     with pytest.raises(workdir_lock.WorkdirBusyError, match=f"pid {proc.pid} on {HOST}"):
       workdir_lock.WorkdirLock(tmp_path).acquire()
   finally:
@@ -178,9 +181,11 @@ def test_of_racing_runs_exactly_one_wins(tmp_path, state):
     if state == "stale":
       _write_lock(workdir, age_s=300)
     start = time.time() + 1.5  # All have started (and imported) by then.
-    procs = [subprocess.Popen([sys.executable, "-c", _RACER, str(workdir), str(i), str(n),
-                               str(start)], cwd=REPO, env=cpu_env()) for i in range(n)]
-    assert [p.wait(timeout=120) for p in procs] == [0] * n
+    procs = [LoggedProcess([sys.executable, "-c", _RACER, str(workdir), str(i), str(n),
+                            str(start)], tmp_path / "logs" / f"round{round_}-racer{i}")
+             for i in range(n)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * n, "\n\n".join(
+        p.failure(f"racer {i}") for i, p in enumerate(procs) if p.returncode != 0)
     outcomes = sorted(p.read_text() for p in results.iterdir())
     assert outcomes[-1] == "won" and all(o.startswith("refused workdir") for o in outcomes[:-1]), \
         outcomes
@@ -199,16 +204,18 @@ def test_hold_refuses_on_every_process_of_a_multiprocess_run(tmp_path):
           f"  with workdir_lock.hold({str(tmp_path)!r}): print('held')\n"
           "except workdir_lock.WorkdirBusyError as e: print('refused:', e)\n")
   with workdir_lock.WorkdirLock(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=REPO, env=cpu_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              start_new_session=True) for i in range(2)]
+    procs = [LoggedProcess([sys.executable, "-c", code, str(i)], tmp_path / "logs" / f"process{i}",
+                           start_new_session=True) for i in range(2)]
     try:
-      outs = [p.communicate(timeout=120)[0] for p in procs]
+      for p in procs:
+        p.wait(timeout=120)
+      outs = [p.stdout_text() for p in procs]
     finally:
       for p in procs:
         if p.poll() is None:
           os.killpg(p.pid, signal.SIGKILL)
           p.wait()
   lines = [[l for l in out.splitlines() if l.startswith("refused:")] for out in outs]
-  assert lines[0] and lines[0] == lines[1], outs
+  assert lines[0] and lines[0] == lines[1], "\n\n".join(
+      p.failure(f"process {i}") + f"\n--- its stdout ---\n{outs[i]}" for i, p in enumerate(procs))
   assert f"pid {os.getpid()} on {HOST}" in lines[0][0]
