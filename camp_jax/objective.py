@@ -45,17 +45,14 @@ def loss(model, params, batch, mesh: jax.sharding.Mesh, config, rng=None):
   img_emb = run(batch["images"], method="encode_images")
   cap_emb, cap_mask = run(batch["tokens"], batch["lengths"], method="encode_captions")
   # Each item is encoded once per "images" block, where the batch's rows lie (unconstrained,
-  # GSPMD encodes the words once per caption block on every image block) ...
-  img_emb, cap_emb, cap_mask = jax.lax.with_sharding_constraint(
-      (img_emb, cap_emb, cap_mask), sharding.batch_sharding(mesh))
-  # ... then the pairs: regions stay split over "images", words are regrouped over "captions".
-  cap_emb, cap_mask = jax.lax.with_sharding_constraint((cap_emb, cap_mask),
-                                                       sharding.caption_sharding(mesh))
-  embeddings = (img_emb, cap_emb, cap_mask)
+  # GSPMD encodes the words once per caption block on every image block).
+  embeddings = jax.lax.with_sharding_constraint((img_emb, cap_emb, cap_mask),
+                                                sharding.batch_sharding(mesh))
+  img_emb, cap_emb, cap_mask = embeddings
   if model.PAIRWISE and config.fast_scoring:
     value, scores, gates = _hoisted(model, params, *embeddings, mesh, config)
   else:
-    value, scores, gates = _transcription(model, params, *embeddings, config, rng)
+    value, scores, gates = _transcription(model, params, *embeddings, mesh, config, rng)
   row_hardest, _ = losses.hardest_negatives(scores)
   aux = {"loss": value, "positive_score": jnp.mean(jnp.diagonal(scores)),
          "hardest_negative_score": jnp.mean(scores[jnp.arange(scores.shape[0]), row_hardest]),
@@ -95,8 +92,11 @@ def _hoisted(model, params, img_emb, cap_emb, cap_mask, mesh, config):
   return losses.PAIR_LOSSES[config.loss](*jnp.split(picked, 3)), scores, gates
 
 
-def _transcription(model, params, img_emb, cap_emb, cap_mask, config, rng):
+def _transcription(model, params, img_emb, cap_emb, cap_mask, mesh, config, rng):
   """(ranking loss, scores, positives' gates or None): every pair expanded, with dropout."""
+  # The pairs: regions stay split over "images", words are regrouped over "captions".
+  cap_emb, cap_mask = jax.lax.with_sharding_constraint((cap_emb, cap_mask),
+                                                       sharding.caption_sharding(mesh))
   variables = {"params": params}
   scores = model.apply(variables, img_emb, cap_emb, cap_mask, deterministic=False,
                        rngs={} if rng is None else {"dropout": rng}, method="score_matrix")
@@ -135,7 +135,8 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
   items = sharding.batch_sharding(mesh)
   constrain = jax.lax.with_sharding_constraint
   img = constrain(run(constrain(img_emb, items), method="image_features"), items)
-  cap = constrain(run(*constrain((cap_emb, cap_mask), items), method="caption_features"), items)
+  cap = constrain(run(*constrain((cap_emb, cap_mask), items), method="caption_features"),
+                  items)
 
   def local(params, img, cap):
     fn = lambda img, cap: model.apply({"params": params}, img, cap, with_gates, pooling,

@@ -86,9 +86,9 @@ def flat_sharding(mesh: Mesh) -> NamedSharding:
 def state_sharding(mesh: Mesh, state):
   """The train state's placement: step, rng and params replicated; each optimizer-state
   array split over every device along its first axis that the device count divides
-  (replicated where none does), so each device updates only its share (ZeRO-1); on CPU
-  devices everything stays replicated (see below). Inside the
-  step XLA then reduces the gradients to each shard and gathers the updated parameters."""
+  (replicated where none does), so each device updates only its share (ZeRO-1). Inside the
+  step XLA then reduces the gradients to each shard and gathers the updated parameters. On
+  CPU devices everything stays replicated."""
   rep = replicated(mesh)
   if mesh.devices.flat[0].platform == "cpu":
     # XLA's CPU runtime can order the step's parameter all-gathers differently on each

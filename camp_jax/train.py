@@ -89,9 +89,8 @@ def make_mesh(config) -> jax.sharding.Mesh:
 
 
 def create_train_state(config, model, model_cfg, steps_per_epoch: int, mesh):
-  """(state placed on `mesh` by `sharding.state_sharding`, tx, schedule): fresh params, with
-  config.word_vectors
-  and the warm start of config.init_from applied."""
+  """(state placed on `mesh` by `sharding.state_sharding`, tx, schedule): fresh params,
+  with config.word_vectors and the warm start of config.init_from applied."""
   rng, init_rng = jax.random.split(jax.random.key(config.seed))
   params = models.init_params(model, init_rng)
   vectors = optimizer.word_vectors(config, model_cfg["vocab_size"])

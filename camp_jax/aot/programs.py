@@ -84,8 +84,9 @@ def eval_plan(wl: workload.Workload, width: int, dim: int, n_dev: int, platform:
 
 def eval_program(config, devices, platform: str | None = None) -> analysis.Program:
   """scoring.score_tile: one image group (split over every device) x one caption chunk's
-  features (computed once per chunk, outside the tile), at the config's first eval split (all captions at the widest bucket). `platform` sizes
-  the tiles (default: the devices'), so a CPU rebuild keeps the accelerator's plan."""
+  features (computed once per chunk, outside the tile), at the config's first eval split
+  (all captions at the widest bucket). `platform` sizes the tiles (default: the devices'),
+  so a CPU rebuild keeps the accelerator's plan."""
   config = config.copy_and_resolve_references()
   wl = workload.for_config(config)
   model, model_cfg = _model(config, wl)
