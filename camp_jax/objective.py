@@ -43,6 +43,9 @@ def loss(model, params, batch, mesh: jax.sharding.Mesh, config, rng=None):
   """
   run = functools.partial(model.apply, {"params": params})
   img_emb = run(batch["images"], method="encode_images")
+  # The region FC split by columns over "captions" (`column_split`). The words' GRU is not:
+  # split so, its recurrence would exchange the hidden state at every word.
+  img_emb = sharding.column_split(img_emb, mesh, img_emb.shape[-1])
   cap_emb, cap_mask = run(batch["tokens"], batch["lengths"], method="encode_captions")
   # Each item is encoded once per "images" block, where the batch's rows lie (unconstrained,
   # GSPMD encodes the words once per caption block on every image block).
@@ -128,15 +131,14 @@ def batch_scores(model, params, img_emb, cap_emb, cap_mask, mesh: jax.sharding.M
     the scores, or None without `with_gates`).
   """
   run = functools.partial(model.apply, {"params": params})
-  # The per-item features once per "images" block (each caption's too, not once per caption
-  # block), then gathered to the blocks that read them; outside the rematerialised blocks.
-  # Repeated along "captions" only (at most its size, 2 for batch 128 on 256 chips), which
-  # keeps a run's numbers the same on any mesh with the same images size.
-  items = sharding.batch_sharding(mesh)
+  # The per-item features once across the mesh: rows over "images", columns over "captions"
+  # (`column_split`), then gathered to the blocks that read them; outside the
+  # rematerialised blocks.
+  items, dim = sharding.batch_sharding(mesh), img_emb.shape[-1]
   constrain = jax.lax.with_sharding_constraint
-  img = constrain(run(constrain(img_emb, items), method="image_features"), items)
-  cap = constrain(run(*constrain((cap_emb, cap_mask), items), method="caption_features"),
-                  items)
+  img = run(constrain(img_emb, items), method="image_features")
+  cap = run(*constrain((cap_emb, cap_mask), items), method="caption_features")
+  img, cap = constrain(sharding.column_split((img, cap), mesh, dim), items)
 
   def local(params, img, cap):
     fn = lambda img, cap: model.apply({"params": params}, img, cap, with_gates, pooling,
@@ -158,7 +160,8 @@ def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_
   a multiple of its size). On one device the per-item features of the batch are computed
   once and picked per pair. On several, each device computes the features of its own pairs
   from their embeddings: moving every item's features to every device (and their gradients
-  back) would cost more HBM traffic than the d x d products it saves.
+  back) would cost more HBM traffic than the d x d products it saves. The embeddings'
+  rows are gathered by columns over "captions", half the bytes on a 128 x 2 mesh.
 
   Args:
     model, params: a CAMP model and its params.
@@ -168,14 +171,24 @@ def batch_pair_scores(model, params, img_emb, cap_emb, cap_mask, img_index, cap_
   """
   run = functools.partial(model.apply, {"params": params})
   n = img_index.shape[0]
-  split = lambda x: jax.lax.with_sharding_constraint(x, sharding.flat_sharding(mesh))
-  img_index, cap_index = (split(jnp.pad(x, (0, -n % mesh.size))) for x in (img_index, cap_index))
+  img_index, cap_index = (jnp.pad(x, (0, -n % mesh.size)) for x in (img_index, cap_index))
   if mesh.size == 1:
     img = run(img_emb, method="image_features")
     cap = run(cap_emb, cap_mask, method="caption_features")
     return scoring.picked_pair_scores(model, params, img, cap, img_index, cap_index)[:n]
-  img = run(split(img_emb[img_index]), method="image_features")
-  cap = run(split(cap_emb[cap_index]), split(cap_mask[cap_index]), method="caption_features")
+  constrain = jax.lax.with_sharding_constraint
+  split = lambda x: constrain(x, sharding.flat_sharding(mesh))
+  by_columns = lambda x: sharding.column_split(x, mesh, img_emb.shape[-1])
+
+  def rows(emb, index):
+    # Each "images" block gathers its pairs' rows, split by columns over "captions", and
+    # its devices then swap halves: no device receives a whole copy of the batch.
+    index = constrain(index, sharding.batch_sharding(mesh))
+    return split(by_columns(by_columns(emb)[index]))
+
+  img = run(rows(img_emb, img_index), method="image_features")
+  cap = run(rows(cap_emb, cap_index), split(cap_mask[split(cap_index)]),
+            method="caption_features")
   return scoring.aligned_pair_scores(model, params, img, cap)[:n]
 
 

@@ -7,6 +7,8 @@ the image x caption score matrix, and each device computes one block of it:
     devices, `host_rows`); inside the step, region embeddings stay split over "images" and
     word embeddings are regrouped over "captions", so device (i, c) scores image block i
     against caption block c, and the loss reduces over both axes;
+  * per-item work (the region FC and the hoisted features, not the words' GRU) is split by
+    rows over "images" and by columns over "captions" (`column_split`);
   * evaluation splits a group of images over all devices (`P(("images", "captions"))`),
     each scoring them against the same caption chunk.
 
@@ -76,6 +78,24 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def caption_sharding(mesh: Mesh) -> NamedSharding:
   """Rows split over "captions": the caption side of the training score matrix."""
   return NamedSharding(mesh, P(CAPTIONS))
+
+
+def column_split(tree, mesh: Mesh, dim: int):
+  """Per-item features of rows split over "images": each leaf whose last axis is `dim`
+  (the embedding size) computed split by that axis over "captions" (a sharding constraint).
+
+  The devices of one "images" block hold the same rows; constrained so, each computes only
+  its share of the columns of every x @ W (reading that share of W, and writing that share
+  of W's gradient), where unconstrained each would compute all of them. Constrain the
+  result to its final sharding afterwards to gather the columns. Identity where "captions"
+  is 1 or does not divide `dim`.
+  """
+  captions = mesh.shape[CAPTIONS]
+  if captions == 1 or dim % captions:
+    return tree
+  split = lambda x: NamedSharding(mesh, P(IMAGES, *([None] * (x.ndim - 2)), CAPTIONS))
+  return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, split(x))
+                      if x.ndim >= 2 and x.shape[-1] == dim else x, tree)
 
 
 def flat_sharding(mesh: Mesh) -> NamedSharding:

@@ -5,6 +5,7 @@ Runs go through `python -m camp_jax.main` / `camp_jax.export` in subprocesses wi
 simulated CPU devices, as a user would move a pod run to one host.
 """
 import json
+import re
 import shutil
 import signal
 import sys
@@ -29,6 +30,26 @@ def _recorded(workdir) -> dict:
 def _assert_same_recalls(got: dict, expected: dict):
   for key in RECALLS:
     assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def _final_loss(stderr: str) -> float:
+  """The loss of the last step a run logged ("step N/N  loss X ...")."""
+  found = re.findall(r"step (\d+)/\1  loss ([\d.]+)", stderr)
+  assert found, "no final step logged:\n" + stderr[-2000:]
+  return float(found[-1][1])
+
+
+def _assert_recalls_within_rounding(got: dict, expected: dict):
+  """A resumed run trains on its new layout: the same maths, summed in another order. On a
+  tiny model float rounding can move an item across a rank boundary: each recall may move
+  by one item (100 / items), a mean rank by 2 %."""
+  image, caption = 100.0 / expected["n_images"], 100.0 / expected["n_captions"]
+  for key in RECALLS:
+    if key.endswith("meanr"):
+      assert got[key] == pytest.approx(expected[key], rel=0.02), key
+      continue
+    one_item = {"i2t": image, "t2i": caption, "rsum": 3 * (image + caption)}[key.split("_")[0]]
+    assert abs(got[key] - expected[key]) <= one_item + 1e-6, key
 
 
 def _evaluates_and_exports_on(devices: int, run, data_dir, tmp_path):
@@ -84,4 +105,6 @@ def test_a_run_of_8_devices_resumes_on_4(run_on_8, tiny_data_dir, tmp_path):
   assert not (workdir / "eval" / "test.json").exists(), "killed too late to test a resume"
   resumed = helpers.run_tiny(workdir, tiny_data_dir, "--config.mesh=2x2", devices=4)
   assert "resumed from" in resumed.stderr
-  _assert_same_recalls(_recorded(workdir), _recorded(run_on_8))
+  uninterrupted = (run_on_8.parent / "logs" / f"{run_on_8.name}.stderr").read_text()
+  assert _final_loss(resumed.stderr) == pytest.approx(_final_loss(uninterrupted), rel=1e-4)
+  _assert_recalls_within_rounding(_recorded(workdir), _recorded(run_on_8))
