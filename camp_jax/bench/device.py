@@ -22,6 +22,7 @@ import importlib.metadata
 import math
 import time
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -95,8 +96,7 @@ def _score(model, model_cfg, params, *, images, captions, regions, pooling, repe
   rng = np.random.default_rng(seed)
   img, cap, mask = scoring_bench.synthetic_embeddings(inference.Predictor(model_cfg, params),
                                                       rng, images, captions, regions)
-  run = lambda: scoring.score_matrix(model, params, img, cap, mask, pooling=pooling,
-                                     progress=None)
+  run = lambda: scoring.score_matrix(model, params, img, cap, mask, pooling=pooling)
   start = time.perf_counter()
   scores = run()
   first_s, best_s = time.perf_counter() - start, math.inf
@@ -136,6 +136,9 @@ def run(config, *, images: int, captions: int, embed_dim: int | None = None,
       parent, _, name = field.rpartition(".")
       setattr(config.model if parent else config, name, value)
   devices = jax.devices()
+  if devices[0].platform == "cpu" and images * captions > 100_000:
+    logging.warning("scoring %d x %d pairs on CPU takes hours at Flickr30K sizes; "
+                    "--small measures CPU sizes in a minute", images, captions)
   out = {"platform": jax.default_backend(), "device_kind": devices[0].device_kind,
          "num_devices": len(devices), "num_processes": jax.process_count(), **versions()}
 
